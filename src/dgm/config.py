@@ -1,0 +1,201 @@
+"""The run config: a tree of typed dataclasses read from YAML and written back, resolved.
+
+A preset (``configs/<model>_<data>.yaml``) looks like::
+
+    model: {name: arm, hidden_channels: 256}
+    data: {name: digits}
+    optim: {name: adamax, lr: 1.0e-3}
+    train: {epochs: 1000, batch_size: 64, patience: 20}
+
+and any field can be overridden with ``--set train.epochs=5`` or ``--set model.hidden=128``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dgm.core.configuration import from_dict, to_dict
+from dgm.core.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "save_config",
+]
+
+OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Which dataset, and the options its loader takes (checked by the loader's signature)."""
+
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (stepped once per optimizer step)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name: {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"optim.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The training loop.
+
+    ``patience``: stop after this many epochs without a better validation score (None: never).
+    ``val_k``: importance samples per validation example for lower-bound models (1: the ELBO).
+    ``max_bad_steps``: consecutive non-finite steps before rolling back to the last checkpoint.
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 1024
+    patience: int | None = 20
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    val_k: int = 1
+    max_bad_steps: int = 5
+    max_rollbacks: int = 3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"train.device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"train.patience must be >= 0, got {self.patience}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything a run needs; saved resolved as ``config.yaml`` in the run directory.
+
+    ``model`` holds ``name`` plus the fields of that model's config dataclass; they are checked
+    when the model is built (:func:`dgm.build_model`), and written back in full.
+    """
+
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "vae"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model.get("name"), str):
+            raise ConfigError("model.name is required (e.g. model: {name: arm})")
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return from_dict(cls, d, where="config")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a plain config dict (values parsed as YAML)."""
+    d = to_dict(d)
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] not in sections:
+            raise ConfigError(
+                f"override {key!r}: unknown section {parts[0]!r}; valid: {', '.join(sorted(sections))}"
+            )
+        if len(parts) < 2:
+            raise ConfigError(f"override {key!r} must name a field, e.g. {parts[0]}.<field>")
+        node = d.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(text)
+    return d
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a YAML preset (or start from ``base``), apply overrides and check everything."""
+    d: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        for k, v in loaded.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict):
+                d[k] = {**d[k], **v}
+            else:
+                d[k] = v
+    d = apply_overrides(d, overrides or [])
+    return RunConfig.from_dict(d)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,140 @@
+"""The contract every dgm model follows.
+
+A model is an ``nn.Module`` that subclasses :class:`GenerativeModel` and answers
+
+- ``loss(x, y=None) -> (N,)``: the training objective per example, in nats;
+- ``sample(n, *, y=None, generator=None) -> (n, *event_shape)``: new examples in the data's own
+  space and dtype (integers stay integers);
+- ``log_prob(x, y=None) -> (N,)``: where defined, with the meaning declared by ``likelihood``.
+
+Models whose ``log_prob`` is a lower bound (VAEs, dequantized flows and mixtures) also give
+``log_weights(x, k)``: ``k`` log importance weights ``log p(x, z) - log q(z | x)`` per example,
+so that one evaluator can form the ELBO (their mean) and the IWAE(k) bound (their log-mean-exp).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from dgm.core.errors import ConfigError
+from dgm.data.spec import DataKind, DataSpec
+
+__all__ = ["Likelihood", "Fit", "GenerativeModel", "ImportanceWeighted", "ExpectationMaximization"]
+
+
+class Likelihood(str, Enum):
+    """What ``log_prob`` returns."""
+
+    EXACT = "exact"  # log p(x) exactly (up to float error)
+    LOWER_BOUND = "lower_bound"  # a stochastic lower bound on log p(x), e.g. the ELBO
+    UNNORMALIZED = "unnormalized"  # -E(x), the normalizer unknown
+    NONE = "none"  # no likelihood (implicit models)
+
+
+class Fit(str, Enum):
+    """How the trainer fits the model."""
+
+    GRADIENT = "gradient"  # minimize mean(loss) with an optimizer
+    EM = "em"  # accumulate sufficient statistics per epoch, then a closed-form M-step
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every model.
+
+    Subclasses set ``likelihood`` and ``data_kinds`` and implement ``loss`` and ``sample`` (and
+    ``log_prob`` unless ``likelihood`` is ``NONE``). Calling the module runs ``loss``, so that
+    ``DistributedDataParallel`` sees the training objective as ``forward``.
+    """
+
+    likelihood: ClassVar[Likelihood] = Likelihood.NONE
+    data_kinds: ClassVar[frozenset[DataKind]] = frozenset(DataKind)
+    fit: ClassVar[Fit] = Fit.GRADIENT
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__()
+        if spec.kind not in self.data_kinds:
+            supported = ", ".join(sorted(k.value for k in self.data_kinds))
+            raise ConfigError(
+                f"{type(self).__name__} does not support {spec.kind.value} data "
+                f"(supported: {supported})"
+            )
+        self.spec = spec
+
+    @classmethod
+    def likelihood_on(cls, kind: DataKind) -> Likelihood:
+        """What ``log_prob`` means on data of this kind (dequantized models override it)."""
+        return cls.likelihood
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.loss(x, y)
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Training objective per example, shape (N,), in nats."""
+        raise NotImplementedError(f"{type(self).__name__} does not define loss")
+
+    def loss_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """The named parts of the loss, per example, for diagnostics (they sum to ``loss``)."""
+        return {"loss": self.loss(x, y)}
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x) per example, shape (N,), in nats; its meaning is ``likelihood_on(kind)``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no likelihood (likelihood = {self.likelihood.value})"
+        )
+
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``n`` new examples, shape (n, *event_shape), in the data's own space and dtype."""
+        raise NotImplementedError(f"{type(self).__name__} does not define sample")
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear :class:`~dgm.core.errors.DataError` unless x fits the data spec."""
+        self.spec.validate(x)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@runtime_checkable
+class ImportanceWeighted(Protocol):
+    """A model with a lower-bound likelihood that can give importance weights."""
+
+    def log_weights(
+        self, x: Tensor, k: int, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for z_1..z_k ~ q(z | x); shape (k, N)."""
+        ...
+
+
+@runtime_checkable
+class ExpectationMaximization(Protocol):
+    """A model fitted by EM: the trainer calls these once per epoch instead of an optimizer."""
+
+    def em_begin(self) -> None:
+        """Reset the sufficient statistics."""
+        ...
+
+    def em_accumulate(self, x: Tensor) -> Tensor:
+        """E-step on a batch: add its statistics; returns the batch's log-likelihoods (N,)."""
+        ...
+
+    def em_statistics(self) -> list[Tensor]:
+        """The accumulated statistics (summed across processes in distributed runs)."""
+        ...
+
+    def em_maximize(self) -> None:
+        """M-step from the accumulated statistics."""
+        ...

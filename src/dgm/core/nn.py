@@ -1,0 +1,60 @@
+"""Small network blocks shared by the families: MLPs and causal 1-D convolutions."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["mlp", "CausalConv1d"]
+
+
+def mlp(
+    in_features: int,
+    hidden_features: int,
+    out_features: int,
+    *,
+    num_hidden: int = 2,
+    activation: type[nn.Module] = nn.LeakyReLU,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """Linear -> act (-> dropout), ``num_hidden`` times, then a final Linear."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(num_hidden):
+        layers += [nn.Linear(width, hidden_features), activation()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = hidden_features
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class CausalConv1d(nn.Module):
+    r"""1-D convolution whose output at position i sees only inputs at positions <= i (type B)
+    or < i (type A), Book §3.2.3, Listing 3.1.
+
+    The input is padded on the left by (k - 1)·dilation (+1 for type A); type A then drops the
+    last output so that position i sees inputs i-1, i-2, ... only. The first layer of an ARM must
+    be type A so that θ_i does not depend on x_i.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        dilation: int = 1,
+        mask_type: str = "B",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        self.exclude_current = mask_type == "A"
+        self.padding = (kernel_size - 1) * dilation + int(self.exclude_current)
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(F.pad(x, (self.padding, 0)))  # (B, C_out, L + A)
+        return out[..., :-1] if self.exclude_current else out

@@ -1,0 +1,82 @@
+"""The model registry: names to classes and their config dataclasses.
+
+Models register where they are defined, with ``@register_model("arm", ARMConfig)``; lookups of
+an unknown name list the names that exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from dgm.core.base import GenerativeModel
+from dgm.core.configuration import from_dict
+from dgm.core.errors import ConfigError
+from dgm.data.spec import DataSpec
+
+__all__ = ["ModelEntry", "register_model", "model_entry", "model_names", "build_model"]
+
+M = TypeVar("M", bound=type[GenerativeModel])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type[GenerativeModel]
+    config_cls: type
+    summary: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type) -> Callable[[M], M]:
+    """Class decorator: register ``cls(spec, config)`` under ``name``."""
+
+    def decorate(cls: M) -> M:
+        if name in _MODELS:
+            raise RuntimeError(f"model name {name!r} registered twice")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        _MODELS[name] = ModelEntry(name, cls, config_cls, doc[0] if doc else "")
+        return cls
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    import dgm.models  # noqa: F401  (registers the built-in models)
+
+
+def model_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def model_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def build_model(name: str, spec: DataSpec, config: Any = None, **overrides: Any) -> GenerativeModel:
+    """Build a registered model for data of ``spec``.
+
+    Args:
+        name: registry name, e.g. ``"arm"``.
+        spec: the data spec of the dataset the model is for.
+        config: a config dataclass instance or a mapping of its fields (optional).
+        **overrides: config fields to set, checked by name and type.
+    """
+    entry = model_entry(name)
+    if config is None:
+        fields: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        fields = dict(config)
+    else:
+        from dgm.core.configuration import to_dict
+
+        fields = to_dict(config)
+    fields.update(overrides)
+    cfg = from_dict(entry.config_cls, fields, where=f"model {name}")
+    return entry.cls(spec, cfg)

@@ -1,0 +1,1 @@
+"""The model families; importing this package registers every built-in model."""
