@@ -52,7 +52,7 @@ class GenerativeModel(nn.Module):
 
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     data_kinds: ClassVar[frozenset[DataKind]] = frozenset(DataKind)
-    fit: ClassVar[Fit] = Fit.GRADIENT
+    fit: Fit = Fit.GRADIENT  # an instance may set Fit.EM from its config
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -79,6 +79,14 @@ class GenerativeModel(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.loss(x, y)
+
+    def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Data-dependent initialization, called once by the trainer before the first epoch.
+
+        ``x`` is (a random subset of) the training split in the data space; every process of a
+        distributed run gets the same ``x``. Used, e.g., for a flow's fixed standardization or
+        a mixture's initial means. The default does nothing.
+        """
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Training objective per example, shape (N,), in nats."""
