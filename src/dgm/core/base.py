@@ -53,6 +53,8 @@ class GenerativeModel(nn.Module):
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     data_kinds: ClassVar[frozenset[DataKind]] = frozenset(DataKind)
     fit: Fit = Fit.GRADIENT  # an instance may set Fit.EM from its config
+    # How a continuous density is scored on discrete data (e.g. "uniform"); None if it is not.
+    dequantization: str | None = None
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

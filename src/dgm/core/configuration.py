@@ -55,7 +55,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [coerce(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
         else:
             inner = args[0] if args else Any
             items = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]

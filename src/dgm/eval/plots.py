@@ -1,0 +1,128 @@
+"""Pictures: sample grids, training curves and 2-D scatter/density plots (PNG bytes)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dgm.data.spec import DataKind, DataSpec
+
+__all__ = ["image_grid", "save_png", "curves_png", "scatter_png", "samples_png"]
+
+
+def image_grid(x: Tensor, spec: DataSpec, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """Images (N, C, H, W) in the data space -> one uint8 grid (rows, cols[, 3]) for viewing."""
+    x = x.detach().to("cpu", torch.float32)
+    if x.dim() == 2:  # flat vectors that are square images
+        side = int(round(math.sqrt(x.shape[1])))
+        x = x.reshape(-1, 1, side, side)
+    levels = spec.num_levels or 256
+    x = (x / (levels - 1)).clamp(0, 1)
+    n, c, h, w = x.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    grid = torch.ones(c, nrow * (h + pad) + pad, ncol * (w + pad) + pad) * 0.5
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i]
+    img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return img[..., 0] if c == 1 else img
+
+
+def save_png(img: np.ndarray, path: str | Path | io.BytesIO, scale: int = 1) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im.save(path, format="PNG")
+
+
+def _fig_png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
+    """Training loss and validation score per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [m for m in metrics if "epoch" in m and "val_nll" in m]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if rows:
+        ep = [m["epoch"] for m in rows]
+        ax.plot(ep, [m["train_loss"] for m in rows], label="train loss (nats/example)")
+        ax.plot(ep, [m["val_nll"] for m in rows], label=f"validation ({rows[0]['val_method']})")
+        best = min(rows, key=lambda m: m["val_nll"])
+        ax.axvline(best["epoch"], color="gray", ls=":", label=f"best epoch {best['epoch']}")
+        lo = min(min(m["train_loss"] for m in rows), min(m["val_nll"] for m in rows))
+        hi = np.percentile([m["val_nll"] for m in rows] + [m["train_loss"] for m in rows], 90)
+        if hi > lo:
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per example")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _fig_png(fig)
+
+
+def scatter_png(
+    data: Tensor,
+    samples: Tensor,
+    log_density: Callable[[Tensor], Tensor] | None = None,
+    title: str = "",
+) -> bytes:
+    """2-D data beside model samples, over the model's density where it has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = data.detach().cpu().numpy()
+    s = samples.detach().cpu().float().numpy()
+    lo = np.percentile(d, 0.5, axis=0) - 0.5
+    hi = np.percentile(d, 99.5, axis=0) + 0.5
+    ncols = 3 if log_density is not None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4))
+    axes[0].scatter(d[:, 0], d[:, 1], s=2, alpha=0.4)
+    axes[0].set_title("data")
+    axes[1].scatter(s[:, 0], s[:, 1], s=2, alpha=0.4, color="C1")
+    axes[1].set_title("samples")
+    if log_density is not None:
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+        with torch.no_grad():
+            dens = torch.exp(log_density(pts)).reshape(200, 200).numpy()
+        axes[2].pcolormesh(gx, gy, dens, shading="auto")
+        axes[2].set_title("model density")
+    for ax in axes:
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    return _fig_png(fig)
+
+
+def samples_png(x: Tensor, spec: DataSpec, scale: int = 4) -> bytes:
+    """Samples as a PNG: an image grid for images, a scatter plot for 2-D points."""
+    buf = io.BytesIO()
+    if spec.is_image or (spec.kind is not DataKind.CONTINUOUS and spec.dim in (64, 784)):
+        save_png(image_grid(x, spec), buf, scale=scale)
+        return buf.getvalue()
+    if spec.dim == 2:
+        return scatter_png(x, x, None, "samples")
+    raise ValueError(f"cannot draw samples of shape {spec.event_shape} as a picture; use .npy")

@@ -1,0 +1,116 @@
+"""A self-contained HTML report of a run: config, metrics, curves, samples, reconstructions."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dgm.core.base import ImportanceWeighted, Likelihood
+from dgm.data.dataset import Dataset
+from dgm.data.spec import DataKind
+from dgm.eval.likelihood import Evaluation, evaluate
+from dgm.eval.plots import curves_png, image_grid, samples_png, save_png, scatter_png
+from dgm.train.run import Run
+
+__all__ = ["write_report", "report_evaluations"]
+
+
+def _img(png: bytes, alt: str) -> str:
+    b64 = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def report_evaluations(model: Any, dataset: Dataset, k: int, seed: int = 0) -> list[Evaluation]:
+    """The primary score on validation and test, plus IWAE(k) on test for bound models."""
+    out = [
+        evaluate(model, dataset.val, split_name="val", seed=seed),
+        evaluate(model, dataset.test, split_name="test", seed=seed),
+    ]
+    kind = model.likelihood_on(model.spec.kind)
+    if kind is Likelihood.LOWER_BOUND and isinstance(model, ImportanceWeighted) and k > 1:
+        out.append(evaluate(model, dataset.test, split_name="test", method="iwae", k=k, seed=seed))
+    return out
+
+
+def _table(evals: list[Evaluation]) -> str:
+    rows = "".join(
+        f"<tr><td>{e.split}</td><td>{e.nll_nats:.3f} ± {e.stderr_nats:.3f}</td>"
+        f"<td>{'' if e.bpd is None else f'{e.bpd:.4f}'}</td><td>{e.median_nats:.3f}</td>"
+        f"<td>{html.escape(e.label)}</td><td>{e.n}</td></tr>"
+        for e in evals
+    )
+    return (
+        "<table><tr><th>split</th><th>nats / example</th><th>bits / dim</th><th>median</th>"
+        f"<th>what it is</th><th>n</th></tr>{rows}</table>"
+    )
+
+
+def write_report(
+    run: Run, dataset: Dataset, out: Path, *, k: int = 100, seed: int = 0, n_samples: int = 64
+) -> tuple[Path, list[Evaluation]]:
+    """Write ``out`` (HTML, images inlined) and return its path and the evaluations shown."""
+    model = run.load_model()
+    spec = dataset.spec
+    evals = report_evaluations(model, dataset, k=k, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    parts: list[str] = []
+    info = run.info
+    title = f"{run.config.model_name} on {run.config.data.name}"
+    parts.append(f"<h1>{html.escape(title)}</h1>")
+    parts.append(
+        "<p>"
+        f"parameters: {info.get('num_parameters', 0):,} &middot; epochs: {info.get('epochs_completed')}"
+        f" (best {info.get('best_epoch')}) &middot; stopped early: {info.get('stopped_early')}"
+        f" &middot; wall {info.get('wall_s', 0):.1f} s, CPU {info.get('cpu_s', 0):.1f} s"
+        f" &middot; likelihood: {html.escape(str(info.get('likelihood')))}"
+        f" &middot; torch {html.escape(info.get('versions', {}).get('torch', '?'))}</p>"
+    )
+    parts.append("<h2>Metrics</h2>" + _table(evals))
+    parts.append(
+        "<p class=note>Nats per example are summed over the data's dimensions; bits per dimension "
+        "are in the data's own discrete space. A -ELBO or IWAE value is an upper bound on the "
+        "negative log-likelihood, not the NLL itself.</p>"
+    )
+    parts.append("<h2>Training</h2>" + _img(curves_png(run.metrics(), title), "curves"))
+    samples = model.sample(n_samples, generator=gen)
+    parts.append("<h2>Samples</h2>")
+    if spec.kind is DataKind.CONTINUOUS and spec.dim == 2:
+        data, _ = dataset.test.all(spec)
+        density = None
+        if model.likelihood_on(spec.kind) is Likelihood.EXACT:
+            density = lambda p: model.log_prob(p)  # noqa: E731
+        many = model.sample(2000, generator=gen)
+        parts.append(_img(scatter_png(data, many, density, title), "samples"))
+    else:
+        parts.append(_img(samples_png(samples, spec), "samples"))
+        real, _ = dataset.test.batch(slice(0, n_samples), spec)
+        parts.append("<h3>Test images</h3>" + _img(samples_png(real, spec), "data"))
+        if hasattr(model, "reconstruct"):
+            x = real[:32]
+            with torch.no_grad():
+                rec = model.reconstruct(x, generator=gen)
+            buf = io.BytesIO()
+            save_png(image_grid(torch.cat([x, rec.to(x.dtype)]), spec, ncol=16), buf, scale=4)
+            parts.append(
+                "<h3>Reconstructions</h3><p>top two rows: data; bottom two: reconstructions</p>"
+                + _img(buf.getvalue(), "reconstructions")
+            )
+    cfg = yaml.safe_dump(run.config.to_dict(), sort_keys=False)
+    parts.append(f"<h2>Config</h2><pre>{html.escape(cfg)}</pre>")
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto;}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}.note{color:#555;font-size:90%}pre{background:#f6f6f6;padding:1em}"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    out.write_text(page)
+    return out, evals

@@ -1,0 +1,102 @@
+"""Run directories: what a training run leaves behind, and loading a model back from it.
+
+A run directory holds::
+
+    config.yaml                  the resolved config (every field, defaults included)
+    run.json                     model name, data spec, versions, status and best epoch
+    metrics.jsonl                one JSON object per epoch (and one per notable event)
+    model.safetensors            the best weights (EMA weights when EMA is on)
+    checkpoints/last.safetensors everything needed to resume exactly after the last epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from dgm.config import RunConfig
+from dgm.core.base import GenerativeModel
+from dgm.core.errors import CheckpointError, DgmError
+from dgm.core.registry import build_model
+from dgm.data.spec import DataSpec
+from dgm.train.checkpoint import load_tensors
+
+__all__ = ["Run", "open_run", "load", "write_json_atomic", "CONFIG", "INFO", "METRICS", "BEST", "LAST"]
+
+CONFIG = "config.yaml"
+INFO = "run.json"
+METRICS = "metrics.jsonl"
+BEST = "model.safetensors"
+LAST = "checkpoints/last.safetensors"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """A run directory read back: its config, data spec and bookkeeping."""
+
+    path: Path
+    config: RunConfig
+    spec: DataSpec
+    info: dict[str, Any]
+
+    def build_model(self) -> GenerativeModel:
+        return build_model(self.config.model_name, self.spec, self.config.model_options)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        p = self.path / METRICS
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def load_model(self, device: str | torch.device = "cpu", which: str = "best") -> GenerativeModel:
+        """The model with the best (or last) weights, in eval mode."""
+        model = self.build_model()
+        path = self.path / (BEST if which == "best" else LAST)
+        tensors, _ = load_tensors(path)
+        if which != "best":
+            tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {path} do not fit the model in {CONFIG}: {e}") from None
+        return model.to(device).eval()
+
+
+def open_run(path: str | Path) -> Run:
+    """Read a run directory, with one clear error if it is not a complete run."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory not found: {path}")
+    for name in (CONFIG, INFO):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is not a dgm run directory (no {name})")
+    try:
+        raw = yaml.safe_load((path / CONFIG).read_text())
+        info = json.loads((path / INFO).read_text())
+        config = RunConfig.from_dict(raw)
+        spec = DataSpec.from_dict(info["data_spec"])
+    except (yaml.YAMLError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: run files are corrupt: {e}") from None
+    except DgmError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return Run(path, config, spec, info)
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
+    """``dgm.load(run_dir)``: the trained model with its best weights, in eval mode."""
+    run = open_run(run_dir)
+    if not (run.path / BEST).is_file():
+        raise CheckpointError(f"{run.path} has no trained weights yet ({BEST} missing)")
+    return run.load_model(device)
