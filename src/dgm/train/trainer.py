@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dgm.config import OptimConfig, RunConfig, save_config
 from dgm.core.base import Fit, GenerativeModel
-from dgm.core.configuration import to_dict
+from dgm.core.configuration import from_dict, to_dict
 from dgm.core.errors import CheckpointError, ConfigError, TrainingError
-from dgm.core.registry import build_model
+from dgm.core.registry import build_model, model_entry
 from dgm.data.dataset import Dataset, Split
 from dgm.data.dataset import load as load_dataset
 from dgm.eval.likelihood import per_example_nll, resolve_method
@@ -116,6 +116,15 @@ def _resolved_model_config(name: str, model: GenerativeModel, given: dict[str, A
     return {"name": name, **fields}
 
 
+def _resolved(config: RunConfig, section: str) -> dict[str, Any]:
+    """A config section with every default filled in, for comparing a resume with its run."""
+    if section == "model":
+        entry = model_entry(config.model_name)
+        fields = to_dict(from_dict(entry.config_cls, config.model_options, "model"))
+        return {"name": config.model_name, **fields}
+    return to_dict(getattr(config, section))
+
+
 def _log(msg: str) -> None:
     if dist.rank() == 0:
         print(msg, file=sys.stderr, flush=True)
@@ -178,9 +187,7 @@ class _Trainer:
                 raise CheckpointError(f"nothing to resume: {self.run_dir / LAST} not found")
             saved = open_run(self.run_dir).config
             for section in ("model", "data"):
-                a, b = to_dict(getattr(saved, section)), to_dict(getattr(self.config, section))
-                if section == "model":
-                    b = {k: v for k, v in b.items() if k in a}  # resolved defaults were added
+                a, b = _resolved(saved, section), _resolved(self.config, section)
                 if a != b:
                     raise ConfigError(
                         f"cannot resume {self.run_dir} with a different {section} config "
@@ -287,8 +294,11 @@ class _Trainer:
         flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.device)
         return float(dist.all_reduce_sum(flag)) == 0.0
 
-    def _non_finite(self, epoch: int, batch: int, x: Tensor, y: Tensor | None, what: str) -> None:
-        with torch.no_grad():
+    def _non_finite(
+        self, epoch: int, batch: int, x: Tensor, y: Tensor | None, what: str, rng: Tensor
+    ) -> None:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(rng)  # replay the step's noise so that the same term fails
             terms = self.model.loss_terms(x, y)
         bad = [name for name, v in terms.items() if not torch.isfinite(v).all()]
         names = ", ".join(bad) if bad else "none of the loss terms (the gradient)"
@@ -326,17 +336,18 @@ class _Trainer:
         for b, idx in enumerate(_batches(self.train_split, self.tc.batch_size, self.generator)):
             x, y = self.train_split.batch(idx.to(self.train_split.x.device), spec, self._data_gen())
             xs, ys = self._shard(x, y)
+            rng = torch.get_rng_state()
             loss = self.wrapped(xs, ys)
             objective = loss.sum() * (self.world / x.shape[0])
             if not self._all_finite(objective.detach()):
-                self._non_finite(epoch, b, xs, ys, "loss")
+                self._non_finite(epoch, b, xs, ys, "loss", rng)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
             if not self._all_finite(grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
-                self._non_finite(epoch, b, xs, ys, "gradient")
+                self._non_finite(epoch, b, xs, ys, "gradient", rng)
                 continue
             lr = self.config.optim.lr * self.state.lr_scale
             lr *= lr_factor(self.state.step, self.total_steps, self.config.optim)
