@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# Two threads fighting over two cores (or over another process) slow small ops ~40x.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -78,6 +78,7 @@ class TrainConfig:
     ``patience``: stop after this many epochs without a better validation score (None: never).
     ``val_k``: importance samples per validation example for lower-bound models (1: the ELBO).
     ``max_bad_steps``: consecutive non-finite steps before rolling back to the last checkpoint.
+    ``time_budget_s``: stop after the first epoch that ends past this many wall seconds.
     """
 
     epochs: int = 100
@@ -93,6 +94,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     max_rollbacks: int = 3
     progress: bool = True
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

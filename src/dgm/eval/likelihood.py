@@ -183,7 +183,8 @@ def evaluate(
     elif method == "elbo":
         kind = "upper_bound" if not continuous else "density_bound"
         draws = f"{k} draw{'s' if k > 1 else ''} per example"
-        label = f"-ELBO, an upper bound on the NLL ({draws})"
+        target = "negative log-density" if continuous else "NLL"
+        label = f"-ELBO, an upper bound on the {target} ({draws})"
         k_out = k
     else:
         kind = "estimate" if not continuous else "density_estimate"

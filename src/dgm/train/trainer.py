@@ -434,6 +434,9 @@ class _Trainer:
             s.cpu_s += time.process_time() - cpu0
             if tc.patience is not None and s.bad_epochs > tc.patience:
                 s.stopped_early = True
+            if tc.time_budget_s is not None and s.wall_s >= tc.time_budget_s:
+                s.stopped_early = True
+                self._event({"event": "time_budget", "epoch": s.epoch, "wall_s": s.wall_s})
             lr = self.config.optim.lr * s.lr_scale * lr_factor(
                 max(0, s.step - 1), self.total_steps, self.config.optim
             )

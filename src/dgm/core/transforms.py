@@ -1,0 +1,336 @@
+r"""Invertible transforms for normalizing flows: the base class, composition and coupling layers.
+
+Direction convention (one for the whole library): a transform maps **data to latent**,
+
+    forward(x, c=None) -> (z, logabsdet)      logabsdet = log |det ∂z/∂x|
+    inverse(z, c=None) -> (x, logabsdet)      logabsdet = log |det ∂x/∂z|
+
+so each method returns the log-determinant of *its own* Jacobian, one value per example, shape
+(N,), and ``forward`` and ``inverse`` log-dets of matching points sum to zero. A flow density is
+then the change of variables (Book §4.1.1-4.1.2, Eq. 4.14)
+
+    log p(x) = log π(f(x)) + log |det J_f(x)|,     f = f_K ∘ ... ∘ f_1,
+
+with the log-dets of the parts summed. ``c`` is an optional context (a condition) that
+conditioners may read; transforms without conditioners ignore it.
+
+Every transform declares ``event_dim`` (how many trailing dimensions form one event: 1 for the
+flat vectors the coupling layers act on) and ``volume_preserving`` (|det J| = 1 everywhere),
+which tests and :class:`Compose` read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dgm.core.errors import ConfigError, DataError
+
+__all__ = [
+    "Transform",
+    "Compose",
+    "Inverse",
+    "AffineCoupling",
+    "Permutation",
+    "ElementwiseAffine",
+    "Logit",
+    "half_mask",
+    "alternating_mask",
+]
+
+
+class Transform(nn.Module):
+    """Base class of invertible maps x -> z with tractable log |det J|.
+
+    Subclasses implement :meth:`forward` and :meth:`inverse`, each returning
+    ``(output, logabsdet)`` with ``logabsdet`` of shape (N,) for a batch of N events.
+    """
+
+    event_dim: int = 1
+    volume_preserving: bool = False
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Data to latent: ``(z, log |det ∂z/∂x|)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latent to data: ``(x, log |det ∂x/∂z|)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define inverse")
+
+
+def _zeros(x: Tensor, event_dim: int) -> Tensor:
+    return x.new_zeros(x.shape[: x.dim() - event_dim])
+
+
+class Compose(Transform):
+    r"""Apply transforms in list order on ``forward`` and in reverse order on ``inverse``.
+
+    ``Compose([t1, t2]).forward(x)`` is ``t2(t1(x))``, with log |det J| = Σ_k log |det J_k|
+    (Eq. 4.14): the chain rule turns the product of Jacobian determinants into a sum of logs.
+
+    Example:
+        >>> from dgm.core.nn import mlp
+        >>> flow = Compose([AffineCoupling(half_mask(4), mlp(2, 16, 4)), Permutation.reverse(4)])
+        >>> x = torch.randn(3, 4)
+        >>> z, logabsdet = flow(x)
+        >>> x_back, inv_logabsdet = flow.inverse(z)
+        >>> torch.allclose(x_back, x, atol=1e-6), torch.allclose(logabsdet, -inv_logabsdet)
+        (True, True)
+    """
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        super().__init__()
+        if len(transforms) == 0:
+            raise ConfigError("Compose needs at least one transform")
+        self.transforms = nn.ModuleList(transforms)
+        self.event_dim = max(t.event_dim for t in transforms)
+        self.volume_preserving = all(t.volume_preserving for t in transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __iter__(self) -> Iterator[Transform]:
+        return iter(self.transforms)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logabsdet = _zeros(x, self.event_dim)
+        for t in self.transforms:
+            x, ld = t(x, c)
+            logabsdet = logabsdet + ld
+        return x, logabsdet
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logabsdet = _zeros(z, self.event_dim)
+        for t in reversed(self.transforms):
+            z, ld = t.inverse(z, c)
+            logabsdet = logabsdet + ld
+        return z, logabsdet
+
+
+class Inverse(Transform):
+    """The inverse of a transform: its ``forward`` is the wrapped ``inverse`` and vice versa."""
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self.transform = transform
+        self.event_dim = transform.event_dim
+        self.volume_preserving = transform.volume_preserving
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform.inverse(x, c)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform(z, c)
+
+
+def half_mask(dim: int, *, first: bool = True) -> Tensor:
+    """Boolean mask of length ``dim``: the first (or last) ⌈dim/2⌉ coordinates stay fixed."""
+    mask = torch.arange(dim) < (dim + 1) // 2
+    return mask if first else ~mask
+
+
+def alternating_mask(dim: int, *, even: bool = True) -> Tensor:
+    """Boolean mask of length ``dim`` that keeps the even (or odd) coordinates fixed."""
+    mask = torch.arange(dim) % 2 == 0
+    return mask if even else ~mask
+
+
+def _check_flat(x: Tensor, dim: int, name: str) -> None:
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise DataError(f"{name} must have shape (N, {dim}), got {tuple(x.shape)}")
+
+
+class AffineCoupling(Transform):
+    r"""Affine coupling layer on flat vectors (RealNVP; Book §4.1.3, Eq. 4.15-4.20).
+
+    The mask splits x into a fixed part x_a (``mask`` True) and a transformed part x_b:
+
+        z_a = x_a,    z_b = x_b ⊙ exp(s) + t,    (s̃, t) = conditioner([x_a, c]),
+        s = α ⊙ tanh(s̃),    log |det ∂z/∂x| = Σ_j s_j.
+
+    The Jacobian is triangular after reordering, so its determinant is the product of the
+    scales. The tanh bounds every log-scale to (-α, α), which keeps exp(s) from overflowing;
+    α is a per-coordinate factor, learnable when ``learn_scale_bound`` is set (as the book's
+    tanh head with a learnable output scale). The inverse is x_b = (z_b - t) ⊙ exp(-s), with
+    (s, t) computed from z_a = x_a.
+
+    Args:
+        mask: boolean (D,), True where the coordinate conditions the others and passes
+            through unchanged. Halves (``half_mask``) give the book's split; alternating
+            masks give a checkerboard on flat vectors. Both parts must be non-empty.
+        conditioner: a module mapping (N, D_a + C) to (N, 2 D_b): raw log-scales then shifts,
+            where D_a = mask.sum(), D_b = D - D_a and C is the context width (0 without one).
+        scale_bound: initial α.
+        learn_scale_bound: make α a parameter.
+    """
+
+    event_dim = 1
+
+    def __init__(
+        self,
+        mask: Tensor,
+        conditioner: nn.Module,
+        *,
+        scale_bound: float = 1.0,
+        learn_scale_bound: bool = True,
+    ) -> None:
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.dim() != 1:
+            raise ConfigError(f"mask must be 1-D, got shape {tuple(mask.shape)}")
+        if bool(mask.all()) or not bool(mask.any()):
+            raise ConfigError("mask must leave both parts non-empty")
+        if scale_bound <= 0:
+            raise ConfigError(f"scale_bound must be positive, got {scale_bound}")
+        idx_a = torch.nonzero(mask).squeeze(1)
+        idx_b = torch.nonzero(~mask).squeeze(1)
+        self.dim = int(mask.numel())
+        self.register_buffer("idx_a", idx_a)
+        self.register_buffer("idx_b", idx_b)
+        # [x_a, x_b][:, unsplit] puts every coordinate back in its place.
+        self.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
+        self.conditioner = conditioner
+        bound = torch.full((idx_b.numel(),), float(scale_bound))
+        if learn_scale_bound:
+            self.scale_bound = nn.Parameter(bound)
+        else:
+            self.register_buffer("scale_bound", bound)
+
+    def _scale_shift(self, x_a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = x_a if c is None else torch.cat([x_a, c.reshape(c.shape[0], -1)], dim=1)
+        raw_s, t = self.conditioner(h).chunk(2, dim=1)
+        return self.scale_bound * torch.tanh(raw_s), t
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(x, self.dim, "x")
+        x_a, x_b = x[:, self.idx_a], x[:, self.idx_b]
+        s, t = self._scale_shift(x_a, c)
+        z_b = x_b * torch.exp(s) + t
+        return torch.cat([x_a, z_b], dim=1)[:, self.unsplit], s.sum(dim=1)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(z, self.dim, "z")
+        z_a, z_b = z[:, self.idx_a], z[:, self.idx_b]
+        s, t = self._scale_shift(z_a, c)
+        x_b = (z_b - t) * torch.exp(-s)
+        return torch.cat([z_a, x_b], dim=1)[:, self.unsplit], -s.sum(dim=1)
+
+
+class Permutation(Transform):
+    r"""Fixed reordering of the coordinates of flat vectors, z = x[:, π] (Book §4.1.3).
+
+    A permutation matrix has |det| = 1, so both log-dets are zero. Use :meth:`reverse` for the
+    book's flip and :meth:`random` for a fixed random order.
+    """
+
+    event_dim = 1
+    volume_preserving = True
+
+    def __init__(self, perm: Tensor) -> None:
+        super().__init__()
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        n = perm.numel()
+        if perm.dim() != 1 or not torch.equal(torch.sort(perm).values, torch.arange(n)):
+            raise ConfigError(f"perm must be a permutation of 0..{n - 1}, got {perm.tolist()}")
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    @classmethod
+    def reverse(cls, dim: int) -> "Permutation":
+        """The flip x[:, ::-1], its own inverse."""
+        return cls(torch.arange(dim - 1, -1, -1))
+
+    @classmethod
+    def random(cls, dim: int, *, generator: torch.Generator | None = None) -> "Permutation":
+        """A fixed uniformly random order (drawn once, stored as a buffer)."""
+        return cls(torch.randperm(dim, generator=generator))
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(x, self.perm.numel(), "x")
+        return x[:, self.perm], _zeros(x, 1)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(z, self.perm.numel(), "z")
+        return z[:, self.inv_perm], _zeros(z, 1)
+
+
+class ElementwiseAffine(Transform):
+    r"""Per-coordinate affine map z = (x - μ) ⊙ exp(-log σ), log |det ∂z/∂x| = -Σ log σ.
+
+    With μ and σ the mean and standard deviation of the training data (set once by
+    :meth:`fit`) this is the fixed standardization in front of a flow; its Jacobian is counted
+    exactly, so the density stays a density of x. ``learnable=True`` makes μ and log σ
+    parameters instead of buffers (an ActNorm-style layer).
+
+    Args:
+        event_shape: shape of one event; ``event_dim`` is its length.
+        learnable: store μ and log σ as parameters.
+    """
+
+    def __init__(self, event_shape: Sequence[int], *, learnable: bool = False) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in event_shape)
+        self.event_dim = len(shape)
+        loc, log_scale = torch.zeros(shape), torch.zeros(shape)
+        if learnable:
+            self.loc = nn.Parameter(loc)
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("loc", loc)
+            self.register_buffer("log_scale", log_scale)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, *, min_scale: float = 1e-3) -> None:
+        """Set μ and σ to the per-coordinate mean and standard deviation of ``x`` (N, *event)."""
+        if tuple(x.shape[1:]) != tuple(self.loc.shape):
+            raise DataError(
+                f"x must have shape (N, {', '.join(map(str, self.loc.shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = x.to(self.loc.dtype)
+        self.loc.copy_(x.mean(dim=0))
+        self.log_scale.copy_(torch.log(x.std(dim=0).clamp_min(min_scale)))
+
+    def _logabsdet(self, x: Tensor) -> Tensor:
+        return (-self.log_scale.sum()).expand(x.shape[: x.dim() - self.event_dim])
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return (x - self.loc) * torch.exp(-self.log_scale), self._logabsdet(x)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return z * torch.exp(self.log_scale) + self.loc, -self._logabsdet(z)
+
+
+class Logit(Transform):
+    r"""Elementwise z = logit(α + (1 - 2α) x) for x in [0, 1] (the RealNVP paper's
+    preprocessing, Dinh et al. 2017 §4.1).
+
+    log |det ∂z/∂x| = Σ_d [log(1 - 2α) - log u_d - log(1 - u_d)],  u = α + (1 - 2α) x.
+    The margin α keeps the edges of [0, 1] at a finite distance.
+
+    Args:
+        alpha: the margin, in [0, 0.5).
+        event_dim: trailing dimensions of one event (1 for flat vectors).
+    """
+
+    def __init__(self, alpha: float = 0.05, *, event_dim: int = 1) -> None:
+        super().__init__()
+        if not 0.0 <= alpha < 0.5:
+            raise ConfigError(f"alpha must be in [0, 0.5), got {alpha}")
+        self.alpha = float(alpha)
+        self.event_dim = event_dim
+
+    def _logabsdet(self, u: Tensor) -> Tensor:
+        ld = math.log(1.0 - 2.0 * self.alpha) - torch.log(u) - torch.log1p(-u)
+        return ld.flatten(start_dim=ld.dim() - self.event_dim).sum(dim=-1)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        u = self.alpha + (1.0 - 2.0 * self.alpha) * x
+        return torch.log(u) - torch.log1p(-u), self._logabsdet(u)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        u = torch.sigmoid(z)
+        return (u - self.alpha) / (1.0 - 2.0 * self.alpha), -self._logabsdet(u)

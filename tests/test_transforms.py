@@ -1,0 +1,242 @@
+"""Mathematical properties of the flow transforms (float64): invertibility, log-dets against
+the autograd Jacobian, composition order and volume preservation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dgm.core.errors import ConfigError, DataError
+from dgm.core.nn import mlp
+from dgm.core.transforms import (
+    AffineCoupling,
+    Compose,
+    ElementwiseAffine,
+    Inverse,
+    Logit,
+    Permutation,
+    Transform,
+    alternating_mask,
+    half_mask,
+)
+
+D = 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronization (and stalls on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomize(module: nn.Module, scale: float = 0.5) -> nn.Module:
+    """Replace every parameter with random values so no layer is the identity."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn_like(p))
+    return module
+
+
+def _coupling(mask: torch.Tensor, context: int = 0) -> AffineCoupling:
+    d_a = int(mask.sum())
+    net = mlp(d_a + context, 16, 2 * (D - d_a), num_hidden=2)
+    return _randomize(AffineCoupling(mask, net, scale_bound=1.5)).double()
+
+
+def _elementwise() -> ElementwiseAffine:
+    return _randomize(ElementwiseAffine((D,), learnable=True)).double()
+
+
+def _all_transforms() -> dict[str, Transform]:
+    transforms: dict[str, Transform] = {
+        "coupling_half": _coupling(half_mask(D)),
+        "coupling_half_last": _coupling(half_mask(D, first=False)),
+        "coupling_alternating": _coupling(alternating_mask(D, even=False)),
+        "flip": Permutation.reverse(D),
+        "random_perm": Permutation.random(D, generator=torch.Generator().manual_seed(3)),
+        "elementwise": _elementwise(),
+        "logit": Logit(0.05),
+        "compose": Compose(
+            [
+                _elementwise(),
+                _coupling(half_mask(D)),
+                Permutation.reverse(D),
+                _coupling(half_mask(D)),
+            ]
+        ),
+    }
+    transforms.update({f"inverse_{k}": Inverse(v) for k, v in list(transforms.items())})
+    return transforms
+
+
+TRANSFORMS = _all_transforms()
+
+
+def _jacobian_logabsdet(f, x: torch.Tensor) -> torch.Tensor:
+    """log |det ∂f(x_n)/∂x_n| per example, by brute-force autograd."""
+    out = []
+    for xn in x:
+        jac = torch.autograd.functional.jacobian(lambda v: f(v.unsqueeze(0))[0][0], xn)
+        out.append(torch.linalg.slogdet(jac).logabsdet)
+    return torch.stack(out)
+
+
+def _points(n: int, unit: bool) -> torch.Tensor:
+    if unit:
+        return torch.rand(n, D, dtype=torch.float64)
+    return 2.0 * torch.randn(n, D, dtype=torch.float64)
+
+
+def _inputs(transform: Transform, n: int) -> torch.Tensor:
+    """Points of the domain of ``forward``: (0, 1) for the logit, R otherwise."""
+    return _points(n, isinstance(transform, Logit))
+
+
+def _latents(transform: Transform, n: int) -> torch.Tensor:
+    """Points of the domain of ``inverse``: (0, 1) for the inverse logit, R otherwise."""
+    return _points(n, isinstance(transform, Inverse) and isinstance(transform.transform, Logit))
+
+
+@pytest.fixture(params=sorted(TRANSFORMS))
+def transform(request: pytest.FixtureRequest) -> Transform:
+    return TRANSFORMS[request.param]
+
+
+def test_inverse_undoes_forward(transform: Transform) -> None:
+    x = _inputs(transform, 7)
+    z, _ = transform(x)
+    x_back, _ = transform.inverse(z)
+    assert not torch.allclose(z, x)  # a real map, not the identity
+    torch.testing.assert_close(x_back, x, atol=1e-10, rtol=1e-10)
+
+
+def test_forward_logabsdet_equals_autograd_slogdet(transform: Transform) -> None:
+    x = _inputs(transform, 4)
+    _, logabsdet = transform(x)
+    assert logabsdet.shape == (4,)
+    torch.testing.assert_close(logabsdet, _jacobian_logabsdet(transform, x))
+
+
+def test_inverse_logabsdet_equals_autograd_slogdet(transform: Transform) -> None:
+    z = _latents(transform, 4)
+    _, logabsdet = transform.inverse(z)
+    torch.testing.assert_close(logabsdet, _jacobian_logabsdet(transform.inverse, z))
+
+
+def test_forward_and_inverse_logabsdets_sum_to_zero(transform: Transform) -> None:
+    x = _inputs(transform, 6)
+    z, ld_forward = transform(x)
+    _, ld_inverse = transform.inverse(z)
+    torch.testing.assert_close(ld_forward + ld_inverse, torch.zeros(6, dtype=torch.float64))
+
+
+def test_volume_preserving_flag_holds(transform: Transform) -> None:
+    x = _inputs(transform, 6)
+    _, logabsdet = transform(x)
+    is_zero = bool(torch.allclose(logabsdet, torch.zeros_like(logabsdet)))
+    assert transform.volume_preserving == is_zero
+
+
+def test_permutations_are_volume_preserving_and_invert() -> None:
+    for perm in (Permutation.reverse(D), Permutation.random(D)):
+        assert perm.volume_preserving
+        x = torch.randn(3, D)
+        z, ld = perm(x)
+        assert torch.equal(ld, torch.zeros(3))
+        assert torch.equal(perm.inverse(z)[0], x)
+        assert torch.equal(torch.sort(z, dim=1).values, torch.sort(x, dim=1).values)
+    flip = Permutation.reverse(D)
+    x = torch.randn(3, D)
+    assert torch.equal(flip(x)[0], x.flip(1))
+    assert torch.equal(flip(flip(x)[0])[0], x)  # the flip is its own inverse
+
+
+def test_compose_applies_in_list_order_and_sums_logdets() -> None:
+    a, b = _coupling(half_mask(D)), _elementwise()
+    x = torch.randn(5, D, dtype=torch.float64)
+    z, ld = Compose([a, b])(x)
+    h, ld_a = a(x)
+    z_expected, ld_b = b(h)
+    torch.testing.assert_close(z, z_expected)
+    torch.testing.assert_close(ld, ld_a + ld_b)
+    z_other_order, _ = Compose([b, a])(x)
+    assert not torch.allclose(z, z_other_order)
+    x_back, ld_inv = Compose([a, b]).inverse(z)
+    torch.testing.assert_close(x_back, x)
+    torch.testing.assert_close(ld_inv, -ld)
+
+
+def test_compose_flags() -> None:
+    perms = Compose([Permutation.reverse(D), Permutation.random(D)])
+    assert perms.volume_preserving
+    assert not Compose([Permutation.reverse(D), _elementwise()]).volume_preserving
+    with pytest.raises(ConfigError):
+        Compose([])
+
+
+def test_coupling_keeps_conditioning_part_and_log_scales_bounded() -> None:
+    mask = alternating_mask(D)
+    layer = _coupling(mask)
+    x = 100.0 * torch.randn(8, D, dtype=torch.float64)  # drive the tanh into saturation
+    z, ld = layer(x)
+    assert torch.equal(z[:, mask], x[:, mask])
+    bound = layer.scale_bound.abs().sum()
+    assert bool((ld.abs() <= bound + 1e-12).all())
+
+
+def test_zero_conditioner_gives_identity() -> None:
+    net = mlp(3, 8, 4, num_hidden=1)
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    layer = AffineCoupling(half_mask(D), net)
+    x = torch.randn(4, D)
+    z, ld = layer(x)
+    assert torch.equal(z, x)
+    assert torch.equal(ld, torch.zeros(4))
+
+
+def test_coupling_with_context_is_invertible_and_depends_on_it() -> None:
+    layer = _coupling(half_mask(D), context=2)
+    x = torch.randn(4, D, dtype=torch.float64)
+    c1, c2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    z1, ld1 = layer(x, c1)
+    z2, _ = layer(x, c2)
+    assert not torch.allclose(z1, z2)
+    x_back, ld_inv = layer.inverse(z1, c1)
+    torch.testing.assert_close(x_back, x)
+    torch.testing.assert_close(ld1 + ld_inv, torch.zeros(4, dtype=torch.float64))
+
+
+def test_elementwise_fit_standardizes_and_counts_logdet() -> None:
+    x = 3.0 + 2.0 * torch.randn(5000, D, dtype=torch.float64)
+    t = ElementwiseAffine((D,)).double()
+    assert list(t.parameters()) == []  # fixed: buffers, not parameters
+    t.fit(x)
+    z, ld = t(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(D, dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(D, dtype=torch.float64))
+    torch.testing.assert_close(ld, -torch.log(x.std(0)).sum().expand(5000))
+
+
+def test_elementwise_works_on_image_events() -> None:
+    t = _randomize(ElementwiseAffine((1, 2, 3), learnable=True)).double()
+    assert t.event_dim == 3
+    x = torch.randn(4, 1, 2, 3, dtype=torch.float64)
+    z, ld = t(x)
+    assert ld.shape == (4,)
+    jac = _jacobian_logabsdet(lambda v: (t(v.reshape(1, 1, 2, 3))[0].reshape(1, 6), None),
+                              x.reshape(4, 6))
+    torch.testing.assert_close(ld, jac)
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ConfigError):
+        AffineCoupling(torch.ones(D, dtype=torch.bool), nn.Identity())
+    with pytest.raises(ConfigError):
+        Permutation(torch.tensor([0, 0, 1]))
+    with pytest.raises(DataError):
+        _coupling(half_mask(D))(torch.randn(3, D + 1, dtype=torch.float64))
