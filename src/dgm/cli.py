@@ -73,17 +73,30 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- train -----------------------------------------------------------------------------------
+def _preset_data(preset: Path | None) -> str | None:
+    if preset is None:
+        return None
+    import yaml
+
+    loaded = yaml.safe_load(preset.read_text()) or {}
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    return data.get("name") if isinstance(data, dict) else None
+
+
 def _train_config(args: argparse.Namespace) -> Any:
     from dgm.config import load_config
     from dgm.core.errors import ConfigError
 
-    data_name, data_options = _resolve_data(args.data)
     preset = None
     if args.config:
         preset = preset_path(args.config)
         if preset is None:
             raise ConfigError(f"config not found: {args.config} (a YAML file or a preset name)")
-    else:
+    data_text = args.data
+    if data_text is None:  # the preset's dataset, else digits
+        data_text = _preset_data(preset) or "digits"
+    data_name, data_options = _resolve_data(data_text)
+    if preset is None:
         preset = preset_path(f"{args.model}_{data_name}")
         if preset is not None:
             print(f"using preset {preset}", file=sys.stderr)
@@ -94,7 +107,6 @@ def _train_config(args: argparse.Namespace) -> Any:
         overrides.append(f"train.device={args.device}")
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    base: dict[str, Any] = {}
     if preset is not None:
         import yaml
 
@@ -102,10 +114,9 @@ def _train_config(args: argparse.Namespace) -> Any:
         preset_model = (loaded.get("model") or {}).get("name")
         if preset_model and preset_model != args.model:
             raise ConfigError(f"{preset} is a preset for {preset_model!r}, not {args.model!r}")
-        preset_data = (loaded.get("data") or {}).get("name")
-        if preset_data and preset_data != data_name:
-            loaded["data"] = {"name": data_name}
-    cfg = load_config(preset, overrides + list(args.set or []), base=base)
+        if _preset_data(preset) not in (None, data_name):
+            overrides.append("data.options={}")  # the preset's data options are for its dataset
+    cfg = load_config(preset, overrides + list(args.set or []))
     if data_options:
         cfg.data.options.update(data_options)
     return cfg
@@ -234,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a model")
     s.add_argument("model")
-    s.add_argument("--data", default="digits", help="dataset name, .npy/.npz file or image folder")
+    s.add_argument("--data", help="dataset name, .npy/.npz file or image folder (default: the "
+                   "preset's dataset, else digits)")
     s.add_argument("--config", help="YAML file or preset name (default: MODEL_DATA preset if any)")
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=5 model.hidden=128")
     s.add_argument("--out", help="run directory (default runs/MODEL-DATA)")

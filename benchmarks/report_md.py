@@ -1,0 +1,110 @@
+"""Compose BENCHMARKS.md from the JSON results under benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+PEERS_DIGITS = """Floors and peers on the same split (ANCHORS.md §1b, test nats per image, discrete space):
+independent per-pixel categorical 106.5 (exact; the floor) · mixture of 40 categoricals by EM
+100.0 (exact) · zuko NSF 98.5 (bound) · zuko MAF 125.2 (bound) · normflows RealNVP 118.6 (bound,
+2 of 5 seeds diverge)."""
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _machine(m: dict) -> str:
+    return (f"{m['cpu']} ({m['cores']} cores), Python {m['python']}, torch {m['torch']}, "
+            f"commit {m['commit']}, {m['date']}; command `{m['command']}`")
+
+
+def _digits(data: dict) -> str:
+    rows, book = data["rows"], data["book"]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["model"], []).append(r)
+    out = [
+        "## 8x8 digits (book protocol: split 1000/350/447, early stopping, best weights)",
+        "",
+        f"Machine: {_machine(data['machine'])}. One thread per run; CPU seconds of the training "
+        "loop (validation included).",
+        "",
+        "| model | test nats/image | bits/dim | what it is | IWAE(k) | seeds | epochs (best) "
+        "| CPU s | params | book's code | NLL vs book | CPU vs book |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, rs in by.items():
+        nats = statistics.mean(r["test_nats"] for r in rs)
+        bpd = statistics.mean(r["test_bpd"] for r in rs)
+        cpu = statistics.mean(r["cpu_s"] for r in rs)
+        iw = [r["iwae_nats"] for r in rs if "iwae_nats" in r]
+        iw_s = f"{statistics.mean(iw):.2f} (k={rs[0]['iwae_k']})" if iw else "–"
+        spread = f"{len(rs)}" + (f" (sd {statistics.stdev(r['test_nats'] for r in rs):.2f})" if len(rs) > 1 else "")
+        ep = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rs)
+        b = book.get(model, {})
+        bn = b.get("nats")
+        book_s = f"{_fmt(bn)} {b.get('what', '')}".strip() if b else "–"
+        ratio = f"{nats - bn:+.2f} nats" if bn else "–"
+        cpu_ratio = f"{cpu / b['cpu_s']:.2f}x" if b.get("cpu_s") else "–"
+        out.append(
+            f"| {model} | {nats:.2f} | {bpd:.3f} | {rs[0]['label']} | {iw_s} | {spread} | {ep} "
+            f"| {cpu:.1f} | {rs[0]['params']:,} | {book_s} | {ratio} | {cpu_ratio} |"
+        )
+    out += ["", PEERS_DIGITS, ""]
+    return "\n".join(out)
+
+
+def _mnist(data: dict) -> str:
+    out = [
+        "## MNIST (50k train / 10k validation / 10k test)",
+        "",
+        f"Machine: {_machine(data['machine'])}.",
+        "",
+        "| model | data | test nats/image | bits/dim | what it is | IWAE(k) | epochs (best) | wall s "
+        "| CPU s | params | budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        iw = f"{r['iwae_nats']:.2f} (k={r['iwae_k']})" if "iwae_nats" in r else "–"
+        out.append(
+            f"| {r['model']} | {r['data']} | {r['test_nats']:.2f} | {r['test_bpd']:.4f} | {r['label']} "
+            f"| {iw} | {r['epochs']} ({r['best_epoch']}) | {r['wall_s']:.0f} | {r['cpu_s']:.0f} "
+            f"| {r['params']:,} | {r.get('budget', '')} |"
+        )
+    if data.get("notes"):
+        out += ["", data["notes"]]
+    out.append("")
+    return "\n".join(out)
+
+
+def write_benchmarks_md() -> Path:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Written by the scripts in `benchmarks/` from their JSON results in `benchmarks/results/`;"
+        " do not edit by hand. Every number is in nats per example (summed over dimensions) and "
+        "bits per dimension of the data's own discrete space, labelled with what it is: an exact "
+        "NLL, an upper bound (-ELBO, or a dequantized flow's bound), or an IWAE(k) estimate. Lower "
+        "is better.",
+        "",
+    ]
+    for name, fn in (("digits", _digits), ("mnist", _mnist)):
+        p = RESULTS / f"{name}.json"
+        if p.is_file():
+            parts.append(fn(json.loads(p.read_text())))
+    notes = ROOT / "benchmarks" / "NOTES.md"
+    if notes.is_file():
+        parts.append(notes.read_text())
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_benchmarks_md())
