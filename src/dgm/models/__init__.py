@@ -1,3 +1,4 @@
 """The model families; importing this package registers every built-in model."""
-
-from dgm.models import factorized, flows, vae  # noqa: F401
+from dgm.models import factorized  # noqa: F401
+from dgm.models import flows, vae  # noqa: F401
+from dgm.models import autoregressive, mixtures  # noqa: F401

@@ -1,0 +1,273 @@
+r"""Autoregressive models with causal 1-D convolutions and a categorical likelihood (Book §3.2).
+
+The event is flattened to D positions in raster order and factorized as
+
+    p(x) = Π_{d=1}^{D} Cat(x_d | θ_d(x_{<d})),       x_{<1} = ∅      (Eq. 3.4, 3.7-3.8)
+
+(Errata 1: the product starts at d = 1 with an empty context; p(x_1) is not counted twice.)
+All θ_d come from one pass of a stack of causal convolutions (Listings 3.1-3.3): the first
+layer is type A (position d sees inputs < d only), the rest type B (positions <= d of the
+previous layer), LeakyReLU in between, and the last layer has L output channels, the logits
+of the L values. The training objective is the exact NLL, -Σ_d log θ_{d, x_d} (Eq. 3.9-3.14).
+
+With kernel size k and dilations δ_1..δ_n, output d depends on exactly the inputs
+d - R, ..., d - 1 with receptive field R = 1 + Σ_l (k - 1) δ_l (25 for the book's stack of
+four kernel-7 layers). Sampling is sequential, one position per pass (Book §3.2.3); since θ_d
+needs only the last R inputs, each pass runs the network on a window of R + 1 positions
+instead of all D, which makes sampling a 28x28 image about 30 times cheaper.
+
+References:
+    Tomczak, Deep Generative Modeling, 2nd ed., §3.2.3-3.2.4.
+    van den Oord et al., WaveNet: A Generative Model for Raw Audio, 2016, arXiv:1609.03499.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.distributions import log_categorical
+from dgm.core.errors import ConfigError
+from dgm.core.nn import CausalConv1d
+from dgm.core.registry import register_model
+from dgm.data.spec import DataKind, DataSpec
+
+__all__ = ["ARMConfig", "ARM", "CausalConvNet"]
+
+
+def _scaled_input(x: Tensor, num_levels: int, dtype: torch.dtype) -> Tensor:
+    """Integers (N, D) -> one channel of floats x / (L - 1) in [0, 1], shape (N, 1, D)."""
+    return (x.to(dtype) / (num_levels - 1)).unsqueeze(1)
+
+
+def _one_hot_input(x: Tensor, num_levels: int, dtype: torch.dtype) -> Tensor:
+    """Integers (N, D) -> L one-hot channels, shape (N, L, D)."""
+    return F.one_hot(x, num_levels).to(dtype).transpose(1, 2)
+
+
+_ENCODINGS: dict[str, tuple[Callable[[Tensor, int, torch.dtype], Tensor], bool]] = {
+    # name -> (encoder, whether it has one channel per level)
+    "scaled": (_scaled_input, False),
+    "one_hot": (_one_hot_input, True),
+}
+
+
+class CausalConvNet(nn.Module):
+    r"""A stack of causal 1-D convolutions: type A, then type B layers (Book Listing 3.3).
+
+    conv_A -> act (-> dropout) -> [conv_B -> act (-> dropout)] x (n - 2) -> conv_B, where the
+    middle blocks may be residual (h + block(h); causal because every position of h already
+    excludes its own input). Output position d depends on exactly the inputs d - R .. d - 1,
+    R = :attr:`receptive_field`.
+
+    Args:
+        in_channels, hidden_channels, out_channels: widths of the input, hidden and output.
+        kernel_size: k, shared by all layers.
+        dilations: one per layer (n >= 1 layers; with n = 1 the single layer is type A).
+        dropout: dropout probability after each hidden activation.
+        residual: add skip connections around the middle layers.
+        negative_slope: slope of the LeakyReLU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        dilations: tuple[int, ...],
+        dropout: float = 0.0,
+        residual: bool = False,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        n = len(dilations)
+        if n < 1:
+            raise ConfigError("CausalConvNet needs at least one layer (dilations is empty)")
+        widths = [in_channels] + [hidden_channels] * (n - 1) + [out_channels]
+        self.layers = nn.ModuleList(
+            CausalConv1d(
+                widths[i], widths[i + 1], kernel_size, dilation=d, mask_type="A" if i == 0 else "B"
+            )
+            for i, d in enumerate(dilations)
+        )
+        self.act = nn.LeakyReLU(negative_slope)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.residual = residual
+        self.receptive_field = 1 + sum((kernel_size - 1) * d for d in dilations)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(N, C_in, T) -> (N, C_out, T)."""
+        *hidden, last = self.layers
+        for i, layer in enumerate(hidden):
+            u = self.dropout(self.act(layer(h)))
+            h = h + u if self.residual and i > 0 else u
+        return last(h)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ARMConfig:
+    """Configuration of :class:`ARM` (defaults: the book's network, Listing 3.3).
+
+    Attributes:
+        hidden_channels: M, the width of the hidden layers (book: 256).
+        kernel_size: k of every causal convolution (companion code: 7).
+        num_layers: number of convolutions, the type-A first and the output layer included
+            (book: 4, receptive field 25 with k = 7).
+        dilations: one dilation per layer, or None for all ones (WaveNet uses 1, 2, 4, 8, ...).
+        dropout: dropout after each hidden activation; digits overfit within 10-50 epochs
+            without it.
+        residual: skip connections around the middle (type B, hidden-to-hidden) layers.
+        input_encoding: how integers enter the first layer: ``"scaled"`` (one channel,
+            x / (L - 1) in [0, 1]) or ``"one_hot"`` (L channels; required for token ids, whose
+            order means nothing).
+    """
+
+    hidden_channels: int = 256
+    kernel_size: int = 7
+    num_layers: int = 4
+    dilations: tuple[int, ...] | None = None
+    dropout: float = 0.0
+    residual: bool = False
+    input_encoding: Literal["scaled", "one_hot"] = "scaled"
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_channels", "kernel_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dilations is not None:
+            if len(self.dilations) != self.num_layers:
+                raise ConfigError(
+                    f"dilations must have num_layers={self.num_layers} entries, "
+                    f"got {len(self.dilations)}: {self.dilations}"
+                )
+            if any(d < 1 for d in self.dilations):
+                raise ConfigError(f"dilations must all be >= 1, got {self.dilations}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_encoding not in _ENCODINGS:
+            raise ConfigError(
+                f"input_encoding must be one of {', '.join(_ENCODINGS)}, "
+                f"got {self.input_encoding!r}"
+            )
+
+    @property
+    def resolved_dilations(self) -> tuple[int, ...]:
+        return self.dilations if self.dilations is not None else (1,) * self.num_layers
+
+
+@register_model("arm", ARMConfig)
+class ARM(GenerativeModel):
+    r"""Autoregressive model, causal 1-D convolutions, categorical likelihood (Book §3.2.4).
+
+    log p(x) = Σ_d log Cat(x_d | softmax(f(x)_d)), f a causal convolution stack over the
+    raster-ordered pixels; exact.
+
+    Args:
+        spec: binary, discrete or token data of any event shape (flattened in raster order).
+        config: an :class:`ARMConfig`.
+
+    Example:
+        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=5)
+        >>> model = ARM(spec, ARMConfig(hidden_channels=8, kernel_size=3))
+        >>> model.sample(2).shape, model.sample(2).dtype
+        (torch.Size([2, 1, 4, 4]), torch.int64)
+    """
+
+    likelihood = Likelihood.EXACT
+    data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
+
+    def __init__(self, spec: DataSpec, config: ARMConfig | None = None) -> None:
+        super().__init__(spec)
+        config = ARMConfig() if config is None else config
+        if spec.kind is DataKind.TOKENS and config.input_encoding == "scaled":
+            raise ConfigError(
+                "input_encoding 'scaled' treats values as ordered intensities; token ids have "
+                "no order: use input_encoding: one_hot"
+            )
+        self.config = config
+        levels = spec.num_levels
+        self._encode, per_level = _ENCODINGS[config.input_encoding]
+        self.net = CausalConvNet(
+            levels if per_level else 1,
+            config.hidden_channels,
+            levels,
+            kernel_size=config.kernel_size,
+            dilations=config.resolved_dilations,
+            dropout=config.dropout,
+            residual=config.residual,
+        )
+
+    @property
+    def receptive_field(self) -> int:
+        """R: θ_d depends on exactly x_{d-R}, ..., x_{d-1}."""
+        return self.net.receptive_field
+
+    def _logits_flat(self, x: Tensor) -> Tensor:
+        """Flat integers (N, T) -> logits (N, T, L); position t sees x_{<t} only."""
+        dtype = next(self.net.parameters()).dtype
+        h = self._encode(x, self.spec.num_levels, dtype)  # (N, C_in, T)
+        return self.net(h).transpose(1, 2)  # (N, L, T) -> (N, T, L)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The logits of θ_d(x_{<d}) for every position, shape (N, D, L) (raster order)."""
+        self.check_input(x)
+        return self._logits_flat(x.reshape(x.shape[0], -1))
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""log p(x) = Σ_d log θ_{d, x_d}(x_{<d}), exact, shape (N,), nats. ``y`` is ignored
+        (the model is unconditional)."""
+        self.check_input(x)
+        flat = x.reshape(x.shape[0], -1)
+        return log_categorical(flat, self._logits_flat(flat)).sum(-1)
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """-log p(x), shape (N,), nats."""
+        return -self.log_prob(x, y)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:
+        r"""Ancestral sampling, one position per pass: x_d ~ Cat(softmax(logits_d / T)).
+
+        Call ``model.eval()`` first if the model has dropout.
+
+        Args:
+            n: number of samples.
+            generator: the source of randomness (on the model's device).
+            temperature: T > 0 divides the logits; T = 0 takes the argmax at every step.
+
+        Returns:
+            shape (n, *event_shape), long integers in 0..L-1.
+        """
+        if y is not None:
+            raise ConfigError("ARM is unconditional: sample() takes no labels y")
+        if n < 0:
+            raise ConfigError(f"n must be >= 0, got {n}")
+        if not temperature >= 0.0:
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        dim, window = self.spec.dim, self.receptive_field
+        x = torch.zeros(n, dim, dtype=torch.long, device=self.device)
+        for d in range(dim):
+            # θ_d needs x_{d-R}..x_{d-1}: a window of R + 1 positions ending at d is enough.
+            start = max(0, d - window)
+            logits = self._logits_flat(x[:, start : d + 1])[:, -1]  # (n, L)
+            if temperature == 0.0:
+                x[:, d] = logits.argmax(-1)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                x[:, d] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return x.reshape(n, *self.spec.event_shape)
