@@ -49,7 +49,7 @@ def _digits(data: dict) -> str:
         ep = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rs)
         b = book.get(model, {})
         bn = b.get("nats")
-        book_s = f"{_fmt(bn)} {b.get('what', '')}".strip() if b else "–"
+        book_s = (f"{bn:.2f} {b['what']}" if bn is not None else b["what"]) if b else "–"
         ratio = f"{nats - bn:+.2f} nats" if bn else "–"
         cpu_ratio = f"{cpu / b['cpu_s']:.2f}x" if b.get("cpu_s") else "–"
         out.append(
