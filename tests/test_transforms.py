@@ -24,15 +24,6 @@ from dgm.core.transforms import (
 D = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronization (and stalls on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomize(module: nn.Module, scale: float = 0.5) -> nn.Module:
     """Replace every parameter with random values so no layer is the identity."""
     with torch.no_grad():
