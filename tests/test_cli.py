@@ -107,3 +107,11 @@ def test_wrong_input_to_log_prob_is_clear(digits):
 def test_sample_output_suffix(trained, capsys, tmp_path):
     rc, _, err = _run(capsys, "sample", str(trained), "--out", str(tmp_path / "x.jpg"))
     assert rc == 2 and ".png or .npy" in err and not (tmp_path / "x.jpg").exists()
+
+
+def test_missing_data_files_say_how_to_fetch(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DGM_DATA_DIR", str(tmp_path / "empty"))
+    rc, _, err = _run(capsys, "train", "vae", "--data", "binary_mnist", "--epochs", "1")
+    assert rc == 2 and "dgm fetch mnist" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
