@@ -122,6 +122,12 @@ def _train_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
+def _end_distributed() -> None:
+    import torch.distributed
+
+    torch.distributed.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dgm.config import apply_overrides
     from dgm.config import RunConfig
@@ -145,6 +151,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _train_config(args)
         out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{cfg.data.name}"
     result = train(cfg, out, resume=args.resume)
+    from dgm.train import distributed
+
+    if distributed.is_distributed():
+        distributed.barrier()
+        is_main = distributed.rank() == 0
+        _end_distributed()
+        if not is_main:
+            return 0
     print(
         f"{cfg.model_name} on {cfg.data.name}: best validation {result.best_val:.3f} nats "
         f"({result.val_method}) at epoch {result.best_epoch} of {result.epochs}; "
