@@ -115,3 +115,11 @@ def test_missing_data_files_say_how_to_fetch(capsys, tmp_path, monkeypatch):
     rc, _, err = _run(capsys, "train", "vae", "--data", "binary_mnist", "--epochs", "1")
     assert rc == 2 and "dgm fetch mnist" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_quick_smoke(capsys, tmp_path):
+    rc, out, _ = _run(capsys, "demo", "--quick", "--models", "vae", "--k", "5",
+                      "--out", str(tmp_path / "demo"))
+    assert rc == 0 and "| vae |" in out and "| independent |" in out
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert "vae/report.html" in page and (tmp_path / "demo" / "vae" / "samples.png").is_file()

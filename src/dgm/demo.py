@@ -102,17 +102,17 @@ def run_demo(out: Path, models: list[str] | tuple[str, ...], quick: bool = False
         if iwae is not None:
             print(f"[{name}] {iwae.line()}")
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
-    md = _markdown(rows, quick)
+    md = _markdown(rows, quick, k)
     (out / "summary.md").write_text(md)
-    (out / "index.html").write_text(_html(rows, quick))
+    (out / "index.html").write_text(_html(rows, quick, k))
     print("\n" + md)
     print(f"reports: {out}/<model>/report.html; summary: {out}/index.html")
     return out / "summary.md"
 
 
-def _markdown(rows: list[dict], quick: bool) -> str:
+def _markdown(rows: list[dict], quick: bool, k: int) -> str:
     head = (
-        "| model | test nats/image | bits/dim | what it is | IWAE | params | epochs (best) "
+        f"| model | test nats/image | bits/dim | what it is | IWAE({k}) | params | epochs (best) "
         "| CPU s | book's code |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
@@ -131,7 +131,7 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _html(rows: list[dict], quick: bool) -> str:
+def _html(rows: list[dict], quick: bool, k: int) -> str:
     cells = "".join(
         f"<tr><td><a href='{r['model']}/report.html'>{r['model']}</a></td>"
         f"<td>{r['test_nats']:.2f}</td><td>{r['test_bpd']:.3f}</td><td>{html.escape(r['kind'])}</td>"
@@ -146,6 +146,6 @@ def _html(rows: list[dict], quick: bool) -> str:
         "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
         "table{border-collapse:collapse}</style><h1>dgm on 8x8 digits</h1>" + warn +
         "<table><tr><th>model</th><th>test nats/image</th><th>bits/dim</th><th>what it is</th>"
-        "<th>IWAE</th><th>params</th><th>epochs (best)</th><th>CPU s</th><th>book's code</th>"
+        f"<th>IWAE({k})</th><th>params</th><th>epochs (best)</th><th>CPU s</th><th>book's code</th>"
         f"<th>samples</th></tr>{cells}</table>"
     )
