@@ -72,6 +72,8 @@ def _mnist(data: dict) -> str:
     ]
     for r in data["rows"]:
         iw = f"{r['iwae_nats']:.2f} (k={r['iwae_k']})" if "iwae_nats" in r else "–"
+        if "first" in r.get("iwae_label", ""):
+            iw = iw[:-1] + ", " + r["iwae_label"].rsplit(", ", 1)[-1] + ")"
         out.append(
             f"| {r['model']} | {r['data']} | {r['test_nats']:.2f} | {r['test_bpd']:.4f} | {r['label']} "
             f"| {iw} | {r['epochs']} ({r['best_epoch']}) | {r['wall_s']:.0f} | {r['cpu_s']:.0f} "
