@@ -38,6 +38,35 @@ def test_pmf_sums_to_one_over_all_sequences(event_shape, encoding, residual):
     assert log_p.std() > 0.01  # a random net is not uniform: the test could fail
 
 
+@pytest.mark.parametrize(
+    "kind, levels, likelihood, components",
+    [
+        (DataKind.BINARY, 2, "bernoulli", 1),
+        (DataKind.DISCRETE, 4, "discretized_logistic", 1),
+        (DataKind.DISCRETE, 4, "discretized_logistic", 3),
+    ],
+)
+def test_pmf_sums_to_one_for_every_likelihood(kind, levels, likelihood, components):
+    spec = DataSpec((1, 2, 2), kind, num_levels=levels)
+    model = small_arm(spec, likelihood=likelihood, num_components=components)
+    x = all_sequences(levels, (1, 2, 2))
+    log_p = model.log_prob(x)
+    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-9)
+    assert log_p.std() > 0.01
+    s = model.sample(20, generator=torch.Generator().manual_seed(0))
+    assert s.dtype == torch.long and int(s.min()) >= 0 and int(s.max()) < levels
+
+
+def test_gaussian_likelihood_and_temperature_misuse_are_refused():
+    from dgm.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="likelihood"):
+        small_arm(DataSpec((4,), DataKind.DISCRETE, num_levels=3), likelihood="gaussian")
+    model = small_arm(DataSpec((4,), DataKind.DISCRETE, num_levels=3), likelihood="discretized_logistic")
+    with pytest.raises(ConfigError, match="temperature"):
+        model.sample(2, temperature=0.5)
+
+
 def test_log_prob_is_sum_of_categorical_terms():
     spec = DataSpec((1, 2, 3), DataKind.DISCRETE, num_levels=4)
     model = small_arm(spec)

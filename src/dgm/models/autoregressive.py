@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.distributions import log_categorical
 from dgm.core.errors import ConfigError
+from dgm.core.heads import LIKELIHOODS, DiscretizedLogisticHead, likelihood_head
 from dgm.core.nn import CausalConv1d
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
@@ -127,6 +127,10 @@ class ARMConfig:
         input_encoding: how integers enter the first layer: ``"scaled"`` (one channel,
             x / (L - 1) in [0, 1]) or ``"one_hot"`` (L channels; required for token ids, whose
             order means nothing).
+        likelihood: p(x_d | θ_d): ``"auto"`` (categorical for discrete and token data,
+            Bernoulli for binary), ``"categorical"``, ``"bernoulli"`` or
+            ``"discretized_logistic"`` (PixelCNN++'s mixture, cheap for many levels).
+        num_components: mixture components of the discretized logistic.
     """
 
     hidden_channels: int = 256
@@ -136,8 +140,15 @@ class ARMConfig:
     dropout: float = 0.0
     residual: bool = False
     input_encoding: Literal["scaled", "one_hot"] = "scaled"
+    likelihood: str = "auto"
+    num_components: int = 1
 
     def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS or self.likelihood == "gaussian":
+            choices = ", ".join(repr(c) for c in LIKELIHOODS if c != "gaussian")
+            raise ConfigError(f"likelihood: {self.likelihood!r} is not one of {choices}")
+        if self.num_components < 1:
+            raise ConfigError(f"num_components must be >= 1, got {self.num_components}")
         for name in ("hidden_channels", "kernel_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,10 +175,11 @@ class ARMConfig:
 
 @register_model("arm", ARMConfig)
 class ARM(GenerativeModel):
-    r"""Autoregressive model, causal 1-D convolutions, categorical likelihood (Book §3.2.4).
+    r"""Autoregressive model with causal 1-D convolutions (Book §3.2.4).
 
-    log p(x) = Σ_d log Cat(x_d | softmax(f(x)_d)), f a causal convolution stack over the
-    raster-ordered pixels; exact.
+    log p(x) = Σ_d log p(x_d | θ_d), θ = f(x) from a causal convolution stack over the
+    raster-ordered pixels; exact. p(x_d | θ_d) is categorical over the levels (the book's
+    choice, Eq. 3.7-3.8), Bernoulli, or a mixture of discretized logistics (§3.2.6).
 
     Args:
         spec: binary, discrete or token data of any event shape (flattened in raster order).
@@ -194,11 +206,12 @@ class ARM(GenerativeModel):
             )
         self.config = config
         levels = spec.num_levels
+        self.head = likelihood_head(spec, config.likelihood, config.num_components)
         self._encode, per_level = _ENCODINGS[config.input_encoding]
         self.net = CausalConvNet(
             levels if per_level else 1,
             config.hidden_channels,
-            levels,
+            self.head.num_params,
             kernel_size=config.kernel_size,
             dilations=config.resolved_dilations,
             dropout=config.dropout,
@@ -211,13 +224,14 @@ class ARM(GenerativeModel):
         return self.net.receptive_field
 
     def _logits_flat(self, x: Tensor) -> Tensor:
-        """Flat integers (N, T) -> logits (N, T, L); position t sees x_{<t} only."""
+        """Flat integers (N, T) -> head parameters (N, T, P); position t sees x_{<t} only."""
         dtype = next(self.net.parameters()).dtype
         h = self._encode(x, self.spec.num_levels, dtype)  # (N, C_in, T)
         return self.net(h).transpose(1, 2)  # (N, L, T) -> (N, T, L)
 
     def logits(self, x: Tensor) -> Tensor:
-        """The logits of θ_d(x_{<d}) for every position, shape (N, D, L) (raster order)."""
+        """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order: the L logits for a
+        categorical likelihood, one logit for Bernoulli, the mixture's numbers otherwise."""
         self.check_input(x)
         return self._logits_flat(x.reshape(x.shape[0], -1))
 
@@ -226,7 +240,7 @@ class ARM(GenerativeModel):
         (the model is unconditional)."""
         self.check_input(x)
         flat = x.reshape(x.shape[0], -1)
-        return log_categorical(flat, self._logits_flat(flat)).sum(-1)
+        return self.head.log_prob(flat, self._logits_flat(flat))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x), shape (N,), nats."""
@@ -241,14 +255,15 @@ class ARM(GenerativeModel):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> Tensor:
-        r"""Ancestral sampling, one position per pass: x_d ~ Cat(softmax(logits_d / T)).
+        r"""Ancestral sampling, one position per pass: x_d ~ p(x_d | θ_d / T).
 
         Call ``model.eval()`` first if the model has dropout.
 
         Args:
             n: number of samples.
             generator: the source of randomness (on the model's device).
-            temperature: T > 0 divides the logits; T = 0 takes the argmax at every step.
+            temperature: T > 0 divides the logits (categorical and Bernoulli likelihoods);
+                T = 0 takes the most probable value at every step.
 
         Returns:
             shape (n, *event_shape), long integers in 0..L-1.
@@ -259,15 +274,16 @@ class ARM(GenerativeModel):
             raise ConfigError(f"n must be >= 0, got {n}")
         if not temperature >= 0.0:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        if temperature not in (0.0, 1.0) and isinstance(self.head, DiscretizedLogisticHead):
+            raise ConfigError("temperature other than 0 or 1 needs a logit-based likelihood")
         dim, window = self.spec.dim, self.receptive_field
         x = torch.zeros(n, dim, dtype=torch.long, device=self.device)
         for d in range(dim):
             # θ_d needs x_{d-R}..x_{d-1}: a window of R + 1 positions ending at d is enough.
             start = max(0, d - window)
-            logits = self._logits_flat(x[:, start : d + 1])[:, -1]  # (n, L)
+            theta = self._logits_flat(x[:, start : d + 1])[:, -1:]  # (n, 1, P)
             if temperature == 0.0:
-                x[:, d] = logits.argmax(-1)
+                x[:, d] = self.head.mode(theta)[:, 0]
             else:
-                probs = F.softmax(logits / temperature, dim=-1)
-                x[:, d] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                x[:, d] = self.head.sample(theta / temperature, generator=generator)[:, 0]
         return x.reshape(n, *self.spec.event_shape)
