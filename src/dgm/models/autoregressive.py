@@ -37,7 +37,15 @@ from dgm.core.nn import CausalConv1d
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 
-__all__ = ["ARMConfig", "ARM", "CausalConvNet"]
+__all__ = [
+    "ARMConfig",
+    "ARM",
+    "CausalConvNet",
+    "FiniteMemoryARMConfig",
+    "FiniteMemoryARM",
+    "RNNARMConfig",
+    "RNNARM",
+]
 
 
 def _scaled_input(x: Tensor, num_levels: int, dtype: torch.dtype) -> Tensor:
@@ -144,11 +152,6 @@ class ARMConfig:
     num_components: int = 1
 
     def __post_init__(self) -> None:
-        if self.likelihood not in LIKELIHOODS or self.likelihood == "gaussian":
-            choices = ", ".join(repr(c) for c in LIKELIHOODS if c != "gaussian")
-            raise ConfigError(f"likelihood: {self.likelihood!r} is not one of {choices}")
-        if self.num_components < 1:
-            raise ConfigError(f"num_components must be >= 1, got {self.num_components}")
         for name in ("hidden_channels", "kernel_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -160,13 +163,7 @@ class ARMConfig:
                 )
             if any(d < 1 for d in self.dilations):
                 raise ConfigError(f"dilations must all be >= 1, got {self.dilations}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.input_encoding not in _ENCODINGS:
-            raise ConfigError(
-                f"input_encoding must be one of {', '.join(_ENCODINGS)}, "
-                f"got {self.input_encoding!r}"
-            )
+        _check_common(self)
 
     @property
     def resolved_dilations(self) -> tuple[int, ...]:
@@ -286,4 +283,205 @@ class ARM(GenerativeModel):
                 x[:, d] = self.head.mode(theta)[:, 0]
             else:
                 x[:, d] = self.head.sample(theta / temperature, generator=generator)[:, 0]
+        return x.reshape(n, *self.spec.event_shape)
+
+
+def _encoded_sequence(x: Tensor, num_levels: int, encoding: str, dtype: torch.dtype) -> Tensor:
+    """Integers (N, T) -> encoded inputs (N, T, C) plus a constant "present" channel of ones.
+
+    The ones channel tells a real x = 0 from the zero padding before the first position.
+    """
+    encode, _ = _ENCODINGS[encoding]
+    h = encode(x, num_levels, dtype).transpose(1, 2)  # (N, T, C)
+    return torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
+
+
+def _check_common(config: object) -> None:
+    likelihood = getattr(config, "likelihood")
+    if likelihood not in LIKELIHOODS or likelihood == "gaussian":
+        choices = ", ".join(repr(c) for c in LIKELIHOODS if c != "gaussian")
+        raise ConfigError(f"likelihood: {likelihood!r} is not one of {choices}")
+    if getattr(config, "num_components") < 1:
+        raise ConfigError(f"num_components must be >= 1, got {getattr(config, 'num_components')}")
+    if not 0.0 <= getattr(config, "dropout") < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {getattr(config, 'dropout')}")
+    if getattr(config, "input_encoding") not in _ENCODINGS:
+        raise ConfigError(f"input_encoding must be one of {', '.join(_ENCODINGS)}")
+
+
+def _input_channels(spec: DataSpec, encoding: str) -> int:
+    if spec.kind is DataKind.TOKENS and encoding == "scaled":
+        raise ConfigError("token ids have no order: use input_encoding: one_hot")
+    return (spec.num_levels if _ENCODINGS[encoding][1] else 1) + 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class FiniteMemoryARMConfig:
+    """Configuration of :class:`FiniteMemoryARM` (defaults: the book's order-2 example, M = 300).
+
+    Attributes:
+        memory: m, the number of previous values θ_d depends on (book: 2).
+        hidden: width of the shared MLP (book: 300).
+        num_hidden: hidden layers of the shared MLP.
+        dropout, input_encoding, likelihood, num_components: as in :class:`ARMConfig`.
+    """
+
+    memory: int = 2
+    hidden: int = 300
+    num_hidden: int = 1
+    dropout: float = 0.0
+    input_encoding: Literal["scaled", "one_hot"] = "scaled"
+    likelihood: str = "auto"
+    num_components: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("memory", "hidden", "num_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_common(self)
+
+
+@register_model("arm_mlp", FiniteMemoryARMConfig)
+class FiniteMemoryARM(GenerativeModel):
+    r"""Finite-memory ARM: one MLP shared by all positions reads the last m values (Book §3.2.1).
+
+    p(x) = Π_d p(x_d | θ(x_{d-1}, ..., x_{d-m}))   (Eq. 3.5 for m = 2), exact.
+
+    The shared MLP is a type-A causal convolution of kernel m followed by 1x1 convolutions, so
+    all positions are scored in one pass; positions before the first are zero padding, told
+    apart from real zeros by a constant input channel.
+    """
+
+    likelihood = Likelihood.EXACT
+    data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
+
+    def __init__(self, spec: DataSpec, config: FiniteMemoryARMConfig | None = None) -> None:
+        super().__init__(spec)
+        self.config = config = config or FiniteMemoryARMConfig()
+        self.head = likelihood_head(spec, config.likelihood, config.num_components)
+        layers: list[nn.Module] = [
+            CausalConv1d(_input_channels(spec, config.input_encoding), config.hidden,
+                         config.memory, mask_type="A"),
+            nn.LeakyReLU(),
+        ]
+        for _ in range(config.num_hidden - 1):
+            layers += [nn.Dropout(config.dropout), nn.Conv1d(config.hidden, config.hidden, 1),
+                       nn.LeakyReLU()]
+        layers += [nn.Dropout(config.dropout), nn.Conv1d(config.hidden, self.head.num_params, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def _params(self, x: Tensor) -> Tensor:
+        """Flat integers (N, T) -> θ (N, T, P); θ_t reads x_{t-m}..x_{t-1}."""
+        dtype = next(self.net.parameters()).dtype
+        h = _encoded_sequence(x, self.spec.num_levels, self.config.input_encoding, dtype)
+        return self.net(h.transpose(1, 2)).transpose(1, 2)
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x), exact, shape (N,), nats."""
+        self.check_input(x)
+        flat = x.reshape(x.shape[0], -1)
+        return self.head.log_prob(flat, self._params(flat))
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return -self.log_prob(x, y)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Ancestral sampling; each step reads a window of the last m values only."""
+        m = self.config.memory
+        x = torch.zeros(n, self.spec.dim, dtype=torch.long, device=self.device)
+        for d in range(self.spec.dim):
+            start = max(0, d - m)
+            theta = self._params(x[:, start : d + 1])[:, -1:]
+            x[:, d] = self.head.sample(theta, generator=generator)[:, 0]
+        return x.reshape(n, *self.spec.event_shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RNNARMConfig:
+    """Configuration of :class:`RNNARM`.
+
+    Attributes:
+        hidden: size of the recurrent state.
+        num_layers: stacked recurrent layers.
+        cell: ``"lstm"`` or ``"gru"`` (gated cells ease the vanishing gradients of §3.2.2).
+        dropout, input_encoding, likelihood, num_components: as in :class:`ARMConfig`.
+    """
+
+    hidden: int = 256
+    num_layers: int = 1
+    cell: Literal["lstm", "gru"] = "lstm"
+    dropout: float = 0.0
+    input_encoding: Literal["scaled", "one_hot"] = "scaled"
+    likelihood: str = "auto"
+    num_components: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cell not in ("lstm", "gru"):
+            raise ConfigError(f"cell must be 'lstm' or 'gru', got {self.cell!r}")
+        _check_common(self)
+
+
+@register_model("arm_rnn", RNNARMConfig)
+class RNNARM(GenerativeModel):
+    r"""Recurrent ARM (Book §3.2.2, Eq. 3.6): h_d = RNN(x_{d-1}, h_{d-1}), θ_d = W h_d.
+
+    p(x) = Π_d p(x_d | θ_d), exact; the input at position d is x_{d-1} (a start symbol at
+    d = 1), so θ_d depends on x_{<d} only. Sampling carries the state: one cell step per value.
+    """
+
+    likelihood = Likelihood.EXACT
+    data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
+
+    def __init__(self, spec: DataSpec, config: RNNARMConfig | None = None) -> None:
+        super().__init__(spec)
+        self.config = config = config or RNNARMConfig()
+        self.head = likelihood_head(spec, config.likelihood, config.num_components)
+        cell = nn.LSTM if config.cell == "lstm" else nn.GRU
+        self.rnn = cell(
+            _input_channels(spec, config.input_encoding), config.hidden, config.num_layers,
+            batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.proj = nn.Linear(config.hidden, self.head.num_params)
+
+    def _shifted_inputs(self, x: Tensor) -> Tensor:
+        """(N, D) -> (N, D, C): position d holds x_{d-1}; position 0 is all zeros (start)."""
+        dtype = self.proj.weight.dtype
+        h = _encoded_sequence(x, self.spec.num_levels, self.config.input_encoding, dtype)
+        return F.pad(h, (0, 0, 1, 0))[:, :-1]
+
+    def _params(self, x: Tensor) -> Tensor:
+        """Flat integers (N, T) -> θ (N, T, P); θ_t depends on x_{<t} through the state."""
+        out, _ = self.rnn(self._shifted_inputs(x))
+        return self.proj(self.drop(out))
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x), exact, shape (N,), nats."""
+        self.check_input(x)
+        flat = x.reshape(x.shape[0], -1)
+        return self.head.log_prob(flat, self._params(flat))
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return -self.log_prob(x, y)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Ancestral sampling with the recurrent state carried: D cell steps in all."""
+        x = torch.zeros(n, self.spec.dim, dtype=torch.long, device=self.device)
+        c = _input_channels(self.spec, self.config.input_encoding)
+        inp = torch.zeros(n, 1, c, dtype=self.proj.weight.dtype, device=self.device)
+        state = None
+        for d in range(self.spec.dim):
+            out, state = self.rnn(inp, state)
+            x[:, d] = self.head.sample(self.proj(out), generator=generator)[:, 0]
+            inp = _encoded_sequence(x[:, d : d + 1], self.spec.num_levels,
+                                    self.config.input_encoding, inp.dtype)
         return x.reshape(n, *self.spec.event_shape)
