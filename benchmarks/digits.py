@@ -11,6 +11,7 @@ Results go to ``benchmarks/results/digits.json`` and ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_result  # noqa: E402
+from common import RESULTS, machine, write_result  # noqa: E402
 
 from dgm.config import load_config  # noqa: E402
 from dgm.data.dataset import load  # noqa: E402
@@ -81,6 +82,11 @@ def main() -> None:
                       f"{row['cpu_s']:.1f} CPU s, {row['epochs']} epochs", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # Rows of models not re-run here are kept from the last results.
+    old = RESULTS / "digits.json"
+    if old.is_file():
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads(old.read_text())["rows"] if r["model"] not in done] + rows
     path = write_result("digits", {"machine": machine(), "book": BOOK, "rows": rows})
     print(f"wrote {path}")
     from report_md import write_benchmarks_md

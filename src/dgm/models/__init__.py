@@ -2,3 +2,4 @@
 from dgm.models import factorized  # noqa: F401
 from dgm.models import flows, vae  # noqa: F401
 from dgm.models import autoregressive, mixtures  # noqa: F401
+from dgm.models import pixelcnn  # noqa: F401
