@@ -49,7 +49,7 @@ def test_theta_d_ignores_x_j_for_d_up_to_j(name, j):
     x = torch.randint(0, 5, (3, 6))
     x2 = x.clone()
     x2[:, j] = (x[:, j] + 2) % 5
-    diff = (model._params(x) - model._params(x2)).abs().amax(dim=(0, 2))  # (6,)
+    diff = (model.params(x) - model.params(x2)).abs().amax(dim=(0, 2))  # (6,)
     assert bool((diff[: j + 1] == 0).all())
     assert bool(diff[j + 1] > 0)
 
@@ -60,7 +60,7 @@ def test_finite_memory_reads_exactly_m_previous_values():
     x = torch.randint(0, 4, (1, 8))
     x2 = x.clone()
     x2[0, 2] = (x[0, 2] + 1) % 4
-    a, b = model._params(x), model._params(x2)
+    a, b = model.params(x), model.params(x2)
     changed = (a - b).abs().amax(-1)[0] > 1e-12
     assert changed.tolist() == [False, False, False, True, True, True, False, False]
 

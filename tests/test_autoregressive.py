@@ -71,7 +71,7 @@ def test_log_prob_is_sum_of_categorical_terms():
     spec = DataSpec((1, 2, 3), DataKind.DISCRETE, num_levels=4)
     model = small_arm(spec)
     x = torch.randint(0, 4, (5, 1, 2, 3))
-    logits = model.logits(x)  # (5, 6, 4)
+    logits = model.params(x)  # (5, 6, 4)
     manual = torch.log_softmax(logits, -1).gather(-1, x.reshape(5, 6, 1)).squeeze(-1).sum(-1)
     assert torch.allclose(model.log_prob(x), manual)
     assert torch.allclose(model.loss(x), -manual)
@@ -81,9 +81,9 @@ def test_first_position_does_not_depend_on_x():
     spec = DataSpec((10,), DataKind.DISCRETE, num_levels=5)
     model = small_arm(spec)
     x = torch.randint(0, 5, (50, 10))
-    theta_1 = model.logits(x)[:, 0]  # (50, 5)
+    theta_1 = model.params(x)[:, 0]  # (50, 5)
     assert torch.allclose(theta_1, theta_1[:1].expand_as(theta_1))
-    assert not torch.allclose(model.logits(x)[:, 1], model.logits(x)[:1, 1].expand(50, 5))
+    assert not torch.allclose(model.params(x)[:, 1], model.params(x)[:1, 1].expand(50, 5))
 
 
 @pytest.mark.parametrize("j", [0, 3, 8])
@@ -93,7 +93,7 @@ def test_perturbing_x_j_changes_only_later_positions(j):
     x = torch.randint(0, 5, (4, 12))
     x2 = x.clone()
     x2[:, j] = (x[:, j] + 2) % 5
-    a, b = model.logits(x), model.logits(x2)
+    a, b = model.params(x), model.params(x2)
     assert torch.equal(a[:, : j + 1], b[:, : j + 1])  # θ_{<=j} untouched
     assert not torch.allclose(a[:, j + 1], b[:, j + 1])  # θ_{j+1} sees x_j
 
@@ -106,7 +106,7 @@ def test_receptive_field_is_respected_by_the_model():
     x = torch.randint(0, 4, (3, 30))
     x2 = x.clone()
     x2[:, 5] = (x[:, 5] + 1) % 4
-    diff = (model.logits(x) - model.logits(x2)).abs().amax(dim=(0, 2))  # (30,)
+    diff = (model.params(x) - model.params(x2)).abs().amax(dim=(0, 2))  # (30,)
     assert torch.equal(diff > 0, (torch.arange(30) > 5) & (torch.arange(30) <= 5 + r))
 
 
@@ -115,7 +115,7 @@ def reference_sample(model: ARM, n: int, generator: torch.Generator) -> torch.Te
     dim = model.spec.dim
     x = torch.zeros(n, dim, dtype=torch.long)
     for d in range(dim):
-        probs = torch.softmax(model._logits_flat(x)[:, d], -1)
+        probs = torch.softmax(model._params_flat(x)[:, d], -1)
         x[:, d] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return x.reshape(n, *model.spec.event_shape)
 
@@ -183,7 +183,7 @@ def test_zero_temperature_is_greedy_decoding():
     s = model.sample(3, temperature=0.0)
     assert torch.equal(s, s[:1].expand_as(s))  # no randomness at all
     # Each value is the argmax of its conditional given the sampled prefix.
-    assert torch.equal(model.logits(s).argmax(-1), s)
+    assert torch.equal(model.params(s).argmax(-1), s)
 
 
 def test_declared_capabilities_and_registry():

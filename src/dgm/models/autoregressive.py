@@ -220,24 +220,24 @@ class ARM(GenerativeModel):
         """R: θ_d depends on exactly x_{d-R}, ..., x_{d-1}."""
         return self.net.receptive_field
 
-    def _logits_flat(self, x: Tensor) -> Tensor:
+    def _params_flat(self, x: Tensor) -> Tensor:
         """Flat integers (N, T) -> head parameters (N, T, P); position t sees x_{<t} only."""
         dtype = next(self.net.parameters()).dtype
         h = self._encode(x, self.spec.num_levels, dtype)  # (N, C_in, T)
         return self.net(h).transpose(1, 2)  # (N, L, T) -> (N, T, L)
 
-    def logits(self, x: Tensor) -> Tensor:
+    def params(self, x: Tensor) -> Tensor:
         """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order: the L logits for a
         categorical likelihood, one logit for Bernoulli, the mixture's numbers otherwise."""
         self.check_input(x)
-        return self._logits_flat(x.reshape(x.shape[0], -1))
+        return self._params_flat(x.reshape(x.shape[0], -1))
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         r"""log p(x) = Σ_d log θ_{d, x_d}(x_{<d}), exact, shape (N,), nats. ``y`` is ignored
         (the model is unconditional)."""
         self.check_input(x)
         flat = x.reshape(x.shape[0], -1)
-        return self.head.log_prob(flat, self._logits_flat(flat))
+        return self.head.log_prob(flat, self._params_flat(flat))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x), shape (N,), nats."""
@@ -278,7 +278,7 @@ class ARM(GenerativeModel):
         for d in range(dim):
             # θ_d needs x_{d-R}..x_{d-1}: a window of R + 1 positions ending at d is enough.
             start = max(0, d - window)
-            theta = self._logits_flat(x[:, start : d + 1])[:, -1:]  # (n, 1, P)
+            theta = self._params_flat(x[:, start : d + 1])[:, -1:]  # (n, 1, P)
             if temperature == 0.0:
                 x[:, d] = self.head.mode(theta)[:, 0]
             else:
@@ -370,6 +370,11 @@ class FiniteMemoryARM(GenerativeModel):
         layers += [nn.Dropout(config.dropout), nn.Conv1d(config.hidden, self.head.num_params, 1)]
         self.net = nn.Sequential(*layers)
 
+    def params(self, x: Tensor) -> Tensor:
+        """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order."""
+        self.check_input(x)
+        return self._params(x.reshape(x.shape[0], -1))
+
     def _params(self, x: Tensor) -> Tensor:
         """Flat integers (N, T) -> θ (N, T, P); θ_t reads x_{t-m}..x_{t-1}."""
         dtype = next(self.net.parameters()).dtype
@@ -455,6 +460,11 @@ class RNNARM(GenerativeModel):
         dtype = self.proj.weight.dtype
         h = _encoded_sequence(x, self.spec.num_levels, self.config.input_encoding, dtype)
         return F.pad(h, (0, 0, 1, 0))[:, :-1]
+
+    def params(self, x: Tensor) -> Tensor:
+        """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order."""
+        self.check_input(x)
+        return self._params(x.reshape(x.shape[0], -1))
 
     def _params(self, x: Tensor) -> Tensor:
         """Flat integers (N, T) -> θ (N, T, P); θ_t depends on x_{<t} through the state."""
