@@ -235,9 +235,7 @@ class ARM(GenerativeModel):
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         r"""log p(x) = Σ_d log θ_{d, x_d}(x_{<d}), exact, shape (N,), nats. ``y`` is ignored
         (the model is unconditional)."""
-        self.check_input(x)
-        flat = x.reshape(x.shape[0], -1)
-        return self.head.log_prob(flat, self._params_flat(flat))
+        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x), shape (N,), nats."""
@@ -383,9 +381,7 @@ class FiniteMemoryARM(GenerativeModel):
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(x), exact, shape (N,), nats."""
-        self.check_input(x)
-        flat = x.reshape(x.shape[0], -1)
-        return self.head.log_prob(flat, self._params(flat))
+        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, y)
@@ -473,9 +469,7 @@ class RNNARM(GenerativeModel):
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(x), exact, shape (N,), nats."""
-        self.check_input(x)
-        flat = x.reshape(x.shape[0], -1)
-        return self.head.log_prob(flat, self._params(flat))
+        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, y)
