@@ -97,3 +97,46 @@ def test_bad_configs_name_the_field():
         build_model("arm_rnn", tokens)
     assert math.isfinite(float(build_model("arm_rnn", tokens, input_encoding="one_hot")
                               .log_prob(torch.randint(0, 10, (2, 4))).sum().detach()))
+
+
+MASKED = [("made", {}), ("made", {"num_hidden": 0}), ("made", {"num_hidden": 2}), ("nade", {})]
+
+
+@pytest.mark.parametrize("name, extra", MASKED)
+@pytest.mark.parametrize(
+    "kind, levels, head",
+    [(DataKind.DISCRETE, 3, {}), (DataKind.BINARY, 2, {}),
+     (DataKind.DISCRETE, 4, {"likelihood": "discretized_logistic", "num_components": 2})],
+)
+def test_made_fvsbn_nade_pmf_sums_to_one(name, extra, kind, levels, head):
+    model = _model(name, DataSpec((4,), kind, num_levels=levels), **extra, **head)
+    log_p = model.log_prob(_all(levels, 4))
+    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-9)
+    assert log_p.std() > 1e-3
+
+
+@pytest.mark.parametrize("name, extra", MASKED)
+@pytest.mark.parametrize("j", [0, 3])
+def test_made_fvsbn_nade_theta_d_ignores_x_j_for_d_up_to_j(name, extra, j):
+    model = _model(name, DataSpec((6,), DataKind.DISCRETE, num_levels=5), **extra)
+    x = torch.randint(0, 5, (3, 6))
+    x2 = x.clone()
+    x2[:, j] = (x[:, j] + 2) % 5
+    diff = (model.params(x) - model.params(x2)).abs().amax(dim=(0, 2))
+    assert bool((diff[: j + 1] == 0).all()) and bool(diff[j + 1 :].max() > 0)
+
+
+def test_fvsbn_is_a_strictly_lower_triangular_linear_map():
+    model = _model("made", DataSpec((5,), DataKind.BINARY), num_hidden=0)
+    mask = model.net[-1].mask  # (D * P, D) with P = 1
+    assert torch.equal(mask, torch.tril(torch.ones(5, 5), diagonal=-1).to(mask.dtype))
+
+
+@pytest.mark.parametrize("name, extra", [("made", {}), ("nade", {})])
+def test_made_nade_samples_follow_the_pmf(name, extra):
+    model = _model(name, DataSpec((2,), DataKind.DISCRETE, num_levels=3), **extra)
+    n = 20000
+    draws = model.sample(n, generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(draws[:, 0] * 3 + draws[:, 1], minlength=9).double() / n
+    p = model.log_prob(_all(3, 2)).exp()
+    assert bool(((freq - p).abs() < 5 * torch.sqrt(p * (1 - p) / n) + 1e-4).all())

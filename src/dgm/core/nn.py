@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "CausalConv1d"]
+__all__ = ["mlp", "CausalConv1d", "MaskedLinear"]
 
 
 def mlp(
@@ -58,3 +58,20 @@ class CausalConv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(F.pad(x, (self.padding, 0)))  # (B, C_out, L + A)
         return out[..., :-1] if self.exclude_current else out
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in) on every call.
+
+    Used for autoregressive connectivity (FVSBN, MADE): output unit i sees input j only where
+    ``mask[i, j] = 1``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        if mask.shape != (out_features, in_features):
+            raise ValueError(f"mask must have shape {(out_features, in_features)}, got {tuple(mask.shape)}")
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
