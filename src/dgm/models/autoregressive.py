@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, DiscretizedLogisticHead, likelihood_head
-from dgm.core.nn import CausalConv1d
+from dgm.core.nn import CausalConv1d, MaskedLinear
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 
@@ -496,10 +496,6 @@ class RNNARM(GenerativeModel):
         return x.reshape(n, *self.spec.event_shape)
 
 
-def _scaled_flat(x: Tensor, num_levels: int, dtype: torch.dtype) -> Tensor:
-    return x.reshape(x.shape[0], -1).to(dtype) / (num_levels - 1)
-
-
 def _sample_by_position(model: "GenerativeModel", n: int, generator: torch.Generator | None) -> Tensor:
     """Ancestral sampling for models whose ``params`` scores all positions in one pass."""
     spec = model.spec
@@ -541,8 +537,6 @@ def _masked_network(dim: int, params: int, hidden: int, num_hidden: int, dropout
                     generator: torch.Generator) -> nn.Sequential:
     """MADE's masks from degrees: inputs 1..D, hidden units in [1, D-1], output d has degree d;
     a unit sees a lower layer's unit when its degree is >= (hidden) or > (output) that one's."""
-    from dgm.core.nn import MaskedLinear
-
     degrees = torch.arange(1, dim + 1)
     layers: list[nn.Module] = []
     width = dim
@@ -584,7 +578,7 @@ class MADE(GenerativeModel):
         """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order."""
         self.check_input(x)
         dtype = self.net[-1].weight.dtype
-        h = _scaled_flat(x, self.spec.num_levels, dtype)
+        h = _scaled_input(x.reshape(x.shape[0], -1), self.spec.num_levels, dtype)[:, 0]
         return self.net(h).reshape(x.shape[0], self.spec.dim, self.head.num_params)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -641,7 +635,7 @@ class NADE(GenerativeModel):
     def params(self, x: Tensor) -> Tensor:
         """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order."""
         self.check_input(x)
-        v = _scaled_flat(x, self.spec.num_levels, self.W.dtype)  # (N, D)
+        v = _scaled_input(x.reshape(x.shape[0], -1), self.spec.num_levels, self.W.dtype)[:, 0]
         contrib = v.unsqueeze(-1) * self.W  # (N, D, H)
         a = self.c + torch.cumsum(contrib, dim=1) - contrib  # exclusive: x_{<d} only
         return torch.einsum("ndh,dph->ndp", torch.sigmoid(a), self.V) + self.b
