@@ -14,6 +14,9 @@ from dgm.core.configuration import coerce
 from dgm.core.errors import ConfigError
 from dgm.data.spec import DataKind, DataSpec
 
+if typing.TYPE_CHECKING:
+    from dgm.data.tokenizers import Tokenizer
+
 __all__ = ["Split", "Dataset", "register_dataset", "dataset_entry", "dataset_names", "load"]
 
 SPLITS = ("train", "val", "test")
@@ -26,11 +29,14 @@ class Split:
     ``x`` is stored compactly (uint8 for images); :meth:`batch` returns it in the data's own
     space and dtype. With ``dynamic_binarize``, ``x`` holds intensities in 0..255 and every
     call draws fresh binary pixels x ~ Bernoulli(intensity / 255) (dynamic binarization).
+    ``characters`` (text only) is the number of characters each example decodes to, so that the
+    evaluator can report bits per character whatever the tokenizer.
     """
 
     x: Tensor
     y: Tensor | None = None
     dynamic_binarize: bool = False
+    characters: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -56,6 +62,15 @@ class Split:
             self, x=self.x.to(device), y=None if self.y is None else self.y.to(device)
         )
 
+    def subset(self, index: Tensor | slice) -> "Split":
+        """The examples at ``index`` (labels and character counts follow)."""
+        return replace(
+            self,
+            x=self.x[index],
+            y=None if self.y is None else self.y[index],
+            characters=None if self.characters is None else self.characters[index],
+        )
+
 
 @dataclass
 class Dataset:
@@ -68,6 +83,8 @@ class Dataset:
     test: Split
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    # Text datasets: the tokenizer that maps strings to the token ids of ``spec`` and back.
+    tokenizer: "Tokenizer | None" = None
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

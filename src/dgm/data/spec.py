@@ -43,12 +43,16 @@ class DataSpec:
         num_levels: number of values a discrete coordinate takes (17 for digits, 256 for 8-bit
             images, 2 for binary data, the vocabulary size for tokens); ``None`` if continuous.
         num_classes: number of labels, if the dataset has labels.
+        end_token: for variable-length token sequences, the id that ends a sequence. An example
+            is its tokens up to and including the first ``end_token``; the positions after it
+            are padding (filled with ``end_token``) and carry no probability.
     """
 
     event_shape: tuple[int, ...]
     kind: DataKind
     num_levels: int | None = None
     num_classes: int | None = None
+    end_token: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "event_shape", tuple(int(s) for s in self.event_shape))
@@ -63,6 +67,30 @@ class DataSpec:
             raise DataError(f"{self.kind.value} data needs num_levels >= 2, got {self.num_levels}")
         if self.kind is DataKind.CONTINUOUS and self.num_levels is not None:
             raise DataError("continuous data has no num_levels")
+        if self.end_token is not None:
+            if self.kind is not DataKind.TOKENS or len(self.event_shape) != 1:
+                raise DataError("end_token is only for 1-D token sequences")
+            if not 0 <= self.end_token < self.num_levels:
+                raise DataError(f"end_token {self.end_token} outside 0..{self.num_levels - 1}")
+
+    def lengths(self, x: Tensor) -> Tensor:
+        """Number of scored positions of each example of a batch ``x``, shape (N,), long.
+
+        D for fixed-length data; with an ``end_token``, the position of the first end token
+        plus one (D if there is none).
+        """
+        n = x.shape[0]
+        if self.end_token is None:
+            return torch.full((n,), self.dim, dtype=torch.long, device=x.device)
+        is_end = x.reshape(n, -1) == self.end_token
+        first = torch.where(is_end.any(1), is_end.long().argmax(1), self.dim - 1)
+        return first + 1
+
+    def scored_positions(self, x: Tensor) -> Tensor:
+        """Bool mask (N, D): the positions that carry probability (all, unless ``end_token``)."""
+        n = x.shape[0]
+        positions = torch.arange(self.dim, device=x.device)
+        return positions.unsqueeze(0) < self.lengths(x).unsqueeze(1)
 
     @property
     def dim(self) -> int:
@@ -108,6 +136,7 @@ class DataSpec:
             "kind": self.kind.value,
             "num_levels": self.num_levels,
             "num_classes": self.num_classes,
+            "end_token": self.end_token,
         }
 
     @classmethod
@@ -117,4 +146,5 @@ class DataSpec:
             kind=DataKind(d["kind"]),
             num_levels=d.get("num_levels"),
             num_classes=d.get("num_classes"),
+            end_token=d.get("end_token"),
         )
