@@ -52,6 +52,10 @@ class LikelihoodHead(nn.Module):
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """Σ_d log p(x_d | θ_d); x (N, D) in the data space, params (N, D, P) -> (N,)."""
+        return self.log_prob_each(x, params).sum(dim=-1)
+
+    def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
+        """log p(x_d | θ_d) for every coordinate, shape (N, D)."""
         raise NotImplementedError
 
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
@@ -75,8 +79,8 @@ class CategoricalHead(LikelihoodHead):
         self.num_levels = num_levels
         self.num_params = num_levels
 
-    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return log_categorical(x, params).sum(dim=-1)
+    def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
+        return log_categorical(x, params)
 
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         probs = F.softmax(params, dim=-1).reshape(-1, self.num_levels)
@@ -95,8 +99,8 @@ class CategoricalHead(LikelihoodHead):
 class BernoulliHead(LikelihoodHead):
     r"""p(x_d | θ_d) = Bern(x_d | sigmoid(θ_d)) for binary data."""
 
-    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return log_bernoulli(x, params[..., 0]).sum(dim=-1)
+    def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
+        return log_bernoulli(x, params[..., 0])
 
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         return torch.bernoulli(torch.sigmoid(params[..., 0]), generator=generator).long()
@@ -116,8 +120,8 @@ class GaussianHead(LikelihoodHead):
         super().__init__()
         self.log_var = nn.Parameter(torch.zeros(dim))
 
-    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
-        return log_normal_diag(x.to(params.dtype), params[..., 0], self.log_var).sum(dim=-1)
+    def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
+        return log_normal_diag(x.to(params.dtype), params[..., 0], self.log_var)
 
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         mean = params[..., 0]
@@ -158,13 +162,11 @@ class DiscretizedLogisticHead(LikelihoodHead):
         logits, a, b = params.chunk(3, dim=-1)
         return logits, a * width, b + math.log(width)
 
-    def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
+    def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
         logits, mean, log_scale = self._split(params)
         if logits is None:
-            log_p = log_discretized_logistic(x, mean, log_scale, self.num_levels)
-        else:
-            log_p = log_mix_discretized_logistic(x, logits, mean, log_scale, self.num_levels)
-        return log_p.sum(dim=-1)
+            return log_discretized_logistic(x, mean, log_scale, self.num_levels)
+        return log_mix_discretized_logistic(x, logits, mean, log_scale, self.num_levels)
 
     def _pick(self, logits: Tensor | None, t: Tensor, k: Tensor | None) -> Tensor:
         if logits is None or k is None:

@@ -33,12 +33,13 @@ from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, DiscretizedLogisticHead, likelihood_head
+from dgm.core.heads import LIKELIHOODS, DiscretizedLogisticHead, LikelihoodHead, likelihood_head
 from dgm.core.nn import CausalConv1d, MaskedLinear
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 
 __all__ = [
+    "AutoregressiveModel",
     "ARMConfig",
     "ARM",
     "CausalConvNet",
@@ -68,6 +69,35 @@ _ENCODINGS: dict[str, tuple[Callable[[Tensor, int, torch.dtype], Tensor], bool]]
     "scaled": (_scaled_input, False),
     "one_hot": (_one_hot_input, True),
 }
+
+
+class AutoregressiveModel(GenerativeModel):
+    r"""An exact likelihood p(x) = Π_d p(x_d | θ_d(x_{<d})) (Eq. 3.4), one θ_d per coordinate.
+
+    Subclasses give ``params(x) -> (N, D, P)``, where θ_d may depend on x_{<d} only, and a
+    likelihood ``head`` (categorical, Bernoulli, discretized logistic, ...) that reads them.
+    With an ``end_token`` in the data spec, the positions after a sequence's first end token are
+    padding and are not scored.
+    """
+
+    likelihood = Likelihood.EXACT
+    head: LikelihoodHead
+
+    def params(self, x: Tensor) -> Tensor:
+        """θ_d for every position d of the flattened event, shape (N, D, P)."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(x) = Σ_d log p(x_d | θ_d), exact, shape (N,), nats. ``y`` is ignored."""
+        flat = x.reshape(x.shape[0], -1)
+        each = self.head.log_prob_each(flat, self.params(x))
+        if self.spec.end_token is not None:
+            each = torch.where(self.spec.scored_positions(flat), each, torch.zeros_like(each))
+        return each.sum(dim=-1)
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """-log p(x), shape (N,), nats."""
+        return -self.log_prob(x, y)
 
 
 class CausalConvNet(nn.Module):
@@ -176,7 +206,7 @@ class ARMConfig:
 
 
 @register_model("arm", ARMConfig)
-class ARM(GenerativeModel):
+class ARM(AutoregressiveModel):
     r"""Autoregressive model with causal 1-D convolutions (Book §3.2.4).
 
     log p(x) = Σ_d log p(x_d | θ_d), θ = f(x) from a causal convolution stack over the
@@ -195,7 +225,6 @@ class ARM(GenerativeModel):
         (torch.Size([2, 1, 4, 4]), torch.int64)
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
 
     def __init__(self, spec: DataSpec, config: ARMConfig | None = None) -> None:
@@ -237,14 +266,6 @@ class ARM(GenerativeModel):
         self.check_input(x)
         return self._params_flat(x.reshape(x.shape[0], -1))
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        r"""log p(x) = Σ_d log θ_{d, x_d}(x_{<d}), exact, shape (N,), nats. ``y`` is ignored
-        (the model is unconditional)."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """-log p(x), shape (N,), nats."""
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(
@@ -345,7 +366,7 @@ class FiniteMemoryARMConfig:
 
 
 @register_model("arm_mlp", FiniteMemoryARMConfig)
-class FiniteMemoryARM(GenerativeModel):
+class FiniteMemoryARM(AutoregressiveModel):
     r"""Finite-memory ARM: one MLP shared by all positions reads the last m values (Book §3.2.1).
 
     p(x) = Π_d p(x_d | θ(x_{d-1}, ..., x_{d-m}))   (Eq. 3.5 for m = 2), exact.
@@ -355,7 +376,6 @@ class FiniteMemoryARM(GenerativeModel):
     apart from real zeros by a constant input channel.
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
 
     def __init__(self, spec: DataSpec, config: FiniteMemoryARMConfig | None = None) -> None:
@@ -384,12 +404,6 @@ class FiniteMemoryARM(GenerativeModel):
         h = _encoded_sequence(x, self.spec.num_levels, self.config.input_encoding, dtype)
         return self.net(h.transpose(1, 2)).transpose(1, 2)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x), exact, shape (N,), nats."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(
@@ -434,14 +448,13 @@ class RNNARMConfig:
 
 
 @register_model("arm_rnn", RNNARMConfig)
-class RNNARM(GenerativeModel):
+class RNNARM(AutoregressiveModel):
     r"""Recurrent ARM (Book §3.2.2, Eq. 3.6): h_d = RNN(x_{d-1}, h_{d-1}), θ_d = W h_d.
 
     p(x) = Π_d p(x_d | θ_d), exact; the input at position d is x_{d-1} (a start symbol at
     d = 1), so θ_d depends on x_{<d} only. Sampling carries the state: one cell step per value.
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
 
     def __init__(self, spec: DataSpec, config: RNNARMConfig | None = None) -> None:
@@ -472,12 +485,6 @@ class RNNARM(GenerativeModel):
         out, _ = self.rnn(self._shifted_inputs(x))
         return self.proj(self.drop(out))
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x), exact, shape (N,), nats."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(
@@ -555,7 +562,7 @@ def _masked_network(dim: int, params: int, hidden: int, num_hidden: int, dropout
 
 
 @register_model("made", MADEConfig)
-class MADE(GenerativeModel):
+class MADE(AutoregressiveModel):
     r"""MADE: an MLP whose weights are masked so that output d sees inputs < d (Germain et al.
     2015; deck 004). One pass gives every θ_d; exact log p(x) = Σ_d log p(x_d | θ_d).
 
@@ -563,7 +570,6 @@ class MADE(GenerativeModel):
     (θ_d = b_d + Σ_{j<d} W_dj x_j, a logistic regression per pixel; Frey 1998).
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
 
     def __init__(self, spec: DataSpec, config: MADEConfig | None = None) -> None:
@@ -581,12 +587,6 @@ class MADE(GenerativeModel):
         h = _scaled_input(x.reshape(x.shape[0], -1), self.spec.num_levels, dtype)[:, 0]
         return self.net(h).reshape(x.shape[0], self.spec.dim, self.head.num_params)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x), exact, shape (N,), nats."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(
@@ -611,7 +611,7 @@ class NADEConfig:
 
 
 @register_model("nade", NADEConfig)
-class NADE(GenerativeModel):
+class NADE(AutoregressiveModel):
     r"""NADE (Larochelle & Murray 2011; deck 004): conditionals with tied weights,
 
         h_d = σ(c + W_{:, <d} x_{<d}),   θ_d = V_d h_d + b_d,
@@ -619,7 +619,6 @@ class NADE(GenerativeModel):
     so that all the a_d = c + W_{:, <d} x_{<d} come from one cumulative sum: O(DH) per example.
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
 
     def __init__(self, spec: DataSpec, config: NADEConfig | None = None) -> None:
@@ -640,12 +639,6 @@ class NADE(GenerativeModel):
         a = self.c + torch.cumsum(contrib, dim=1) - contrib  # exclusive: x_{<d} only
         return torch.einsum("ndh,dph->ndp", torch.sigmoid(a), self.V) + self.b
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x), exact, shape (N,), nats."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.heads import (
     BernoulliHead,
@@ -40,6 +39,7 @@ from dgm.core.heads import (
 )
 from dgm.core.masked_conv import GatedPixelCNNLayer, MaskedConv2d
 from dgm.core.registry import register_model
+from dgm.models.autoregressive import AutoregressiveModel
 from dgm.data.spec import DataKind, DataSpec
 
 __all__ = ["PixelCNNConfig", "PixelCNN"]
@@ -157,7 +157,7 @@ class PixelCNNConfig:
 
 
 @register_model("pixelcnn", PixelCNNConfig)
-class PixelCNN(GenerativeModel):
+class PixelCNN(AutoregressiveModel):
     r"""PixelCNN with masked 2-D convolutions, gated by default (Book §3.2.6); exact likelihood.
 
     log p(x) = Σ_{c,i,j} log p(x_{c,i,j} | θ_{c,i,j}), each θ a function of the coordinates
@@ -175,7 +175,6 @@ class PixelCNN(GenerativeModel):
         (torch.Size([2, 1, 4, 4]), torch.int64)
     """
 
-    likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
 
     def __init__(self, spec: DataSpec, config: PixelCNNConfig | None = None) -> None:
@@ -220,13 +219,6 @@ class PixelCNN(GenerativeModel):
         self.check_input(x)
         return self._params(x).reshape(x.shape[0], self.spec.dim, self.head.num_params)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x), exact, shape (N,), nats. ``y`` is ignored (unconditional)."""
-        return self.head.log_prob(x.reshape(x.shape[0], -1), self.params(x))
-
-    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """-log p(x), shape (N,), nats."""
-        return -self.log_prob(x, y)
 
     @torch.no_grad()
     def sample(
