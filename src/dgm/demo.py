@@ -18,7 +18,7 @@ import torch
 from dgm.config import load_config
 from dgm.core.errors import ConfigError
 from dgm.data.dataset import load
-from dgm.eval.likelihood import Evaluation, evaluate
+from dgm.eval.likelihood import Evaluation
 from dgm.eval.plots import samples_png
 from dgm.eval.report import write_report
 from dgm.train.run import INFO, LAST, open_run

@@ -1,3 +1,3 @@
 """Importing this module registers every built-in dataset."""
 
-from dgm.data import digits, files, mnist, toys  # noqa: F401
+from dgm.data import digits, files, mnist, molecules, text, toys  # noqa: F401

@@ -59,7 +59,10 @@ class Split:
 
     def to(self, device: torch.device | str) -> "Split":
         return replace(
-            self, x=self.x.to(device), y=None if self.y is None else self.y.to(device)
+            self,
+            x=self.x.to(device),
+            y=None if self.y is None else self.y.to(device),
+            characters=None if self.characters is None else self.characters.to(device),
         )
 
     def subset(self, index: Tensor | slice) -> "Split":

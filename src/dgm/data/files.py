@@ -32,6 +32,7 @@ from dgm.data.spec import DataKind, DataSpec
 __all__ = [
     "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "TEXT_SUFFIXES",
     "load_array",
     "load_images",
     "random_split",
@@ -40,6 +41,7 @@ __all__ = [
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+TEXT_SUFFIXES = (".txt", ".md")
 _GRAY_MODES = ("1", "L", "LA")
 
 
@@ -393,7 +395,8 @@ def resolve_data_argument(text: str) -> tuple[str, dict[str, Any]]:
     """Turn the CLI's ``--data`` value into ``(dataset name, options)``.
 
     A registered dataset name wins when ``text`` has no path separator. Otherwise a ``.npy`` or
-    ``.npz`` path gives ``("array", {"path": text})`` and a folder ``("images", {"path": text})``;
+    ``.npz`` path gives ``("array", {"path": text})``, a ``.txt``/``.md`` file or a folder of
+    them ``("text", {"path": text})`` and any other folder ``("images", {"path": text})``;
     a missing path or a file of another type is a DataError; anything else is returned as a name
     (the registry reports unknown names).
     """
@@ -405,11 +408,17 @@ def resolve_data_argument(text: str) -> tuple[str, dict[str, Any]]:
     p = Path(text).expanduser()
     if p.suffix.lower() in ARRAY_SUFFIXES:
         return "array", {"path": text}
+    if p.suffix.lower() in TEXT_SUFFIXES and p.is_file():
+        return "text", {"path": text}
     if p.is_dir():
+        files = [f.suffix.lower() for f in p.rglob("*") if f.is_file()]
+        if not any(s in IMAGE_SUFFIXES for s in files) and any(s in TEXT_SUFFIXES for s in files):
+            return "text", {"path": text}
         return "images", {"path": text}
     if p.is_file():
         raise DataError(
-            f"{text}: unsupported data file; expected a .npy/.npz array or a folder of images"
+            f"{text}: unsupported data file; expected a .npy/.npz array, a .txt/.md text, "
+            "or a folder of images or texts"
         )
     if looks_like_path:
         raise DataError(f"{text}: no such file or folder (cwd {Path.cwd()})")

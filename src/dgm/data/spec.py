@@ -88,7 +88,6 @@ class DataSpec:
 
     def scored_positions(self, x: Tensor) -> Tensor:
         """Bool mask (N, D): the positions that carry probability (all, unless ``end_token``)."""
-        n = x.shape[0]
         positions = torch.arange(self.dim, device=x.device)
         return positions.unsqueeze(0) < self.lengths(x).unsqueeze(1)
 

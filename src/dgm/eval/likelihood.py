@@ -11,6 +11,11 @@ Methods:
 
 Bits per dimension are nats / (D ln 2) in the data's own discrete space. A continuous density
 on continuous data is reported as a negative log-density ("density"), with no bits per dimension.
+
+Token data (text, SMILES) are scored per token as well: the total nats over the scored tokens
+(up to and including each sequence's end token, if the data has one), giving bits per token in
+``bpd`` and the perplexity exp(nats per token); where the split knows how many characters each
+example decodes to, bits per character = total nats / (characters ln 2) (Book §11.2.4 [X]).
 """
 
 from __future__ import annotations
@@ -52,12 +57,18 @@ class Evaluation:
     median_nats: float
     dequantization: str | None
     seed: int
+    perplexity: float | None = None  # token data: exp(nats per scored token)
+    bits_per_char: float | None = None  # token data whose split counts characters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
         bpd = f"{self.bpd:.4f} bits/dim" if self.bpd is not None else "no bits/dim (continuous)"
+        if self.perplexity is not None:
+            bpd = f"{self.bpd:.4f} bits/token, perplexity {self.perplexity:.3f}"
+            if self.bits_per_char is not None:
+                bpd += f", {self.bits_per_char:.4f} bits/char"
         return (
             f"{self.split}: {self.nll_nats:.3f} ± {self.stderr_nats:.3f} nats/example, {bpd} "
             f"[{self.label}; n={self.n}, median {self.median_nats:.3f}]"
@@ -194,9 +205,18 @@ def evaluate(
         label += f"; {dequant} dequantization"
     mean = float(nll.mean())
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
+    bpd = None if continuous else bits_per_dim(mean, spec.dim)
+    perplexity = bits_per_char = None
+    if spec.kind is DataKind.TOKENS:
+        tokens = int(spec.lengths(split.all(spec)[0]).sum())
+        nats_per_token = float(nll.sum()) / tokens
+        bpd, perplexity = nats_per_token / math.log(2.0), math.exp(nats_per_token)
+        if split.characters is not None:
+            bits_per_char = float(nll.sum()) / (int(split.characters.sum()) * math.log(2.0))
+        label += "; per token over the scored tokens"
     return Evaluation(
         nll_nats=mean,
-        bpd=None if continuous else bits_per_dim(mean, spec.dim),
+        bpd=bpd,
         kind=kind,
         method=method,
         label=label,
@@ -207,4 +227,6 @@ def evaluate(
         median_nats=float(nll.median()),
         dequantization=dequant,
         seed=seed,
+        perplexity=perplexity,
+        bits_per_char=bits_per_char,
     )

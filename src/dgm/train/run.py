@@ -4,6 +4,7 @@ A run directory holds::
 
     config.yaml                  the resolved config (every field, defaults included)
     run.json                     model name, data spec, versions, status and best epoch
+    tokenizer.json               text data only: the tokenizer that maps strings to tokens
     metrics.jsonl                one JSON object per epoch (and one per notable event)
     model.safetensors            the best weights (EMA weights when EMA is on)
     checkpoints/last.safetensors everything needed to resume exactly after the last epoch
@@ -11,29 +12,48 @@ A run directory holds::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from dgm.config import RunConfig
 from dgm.core.base import GenerativeModel
-from dgm.core.errors import CheckpointError, DgmError
+from dgm.core.errors import CheckpointError, ConfigError, DgmError
+from dgm.core.lora import apply_lora, merge_lora
 from dgm.core.registry import build_model
 from dgm.data.spec import DataSpec
 from dgm.train.checkpoint import load_tensors
 
-__all__ = ["Run", "open_run", "load", "write_json_atomic", "CONFIG", "INFO", "METRICS", "BEST", "LAST"]
+if TYPE_CHECKING:
+    from dgm.data.tokenizers import Tokenizer
+
+__all__ = [
+    "Run",
+    "open_run",
+    "load",
+    "build_run_model",
+    "finetune_config",
+    "write_json_atomic",
+    "CONFIG",
+    "INFO",
+    "METRICS",
+    "BEST",
+    "LAST",
+    "TOKENIZER",
+]
 
 CONFIG = "config.yaml"
 INFO = "run.json"
 METRICS = "metrics.jsonl"
 BEST = "model.safetensors"
 LAST = "checkpoints/last.safetensors"
+TOKENIZER = "tokenizer.json"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -52,7 +72,14 @@ class Run:
     info: dict[str, Any]
 
     def build_model(self) -> GenerativeModel:
-        return build_model(self.config.model_name, self.spec, self.config.model_options)
+        return build_run_model(self.config, self.spec)
+
+    def tokenizer(self) -> "Tokenizer | None":
+        """The run's tokenizer (text data), or None."""
+        from dgm.data.tokenizers import load_tokenizer
+
+        path = self.path / TOKENIZER
+        return load_tokenizer(path) if path.is_file() else None
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / METRICS
@@ -100,3 +127,42 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeM
     if not (run.path / BEST).is_file():
         raise CheckpointError(f"{run.path} has no trained weights yet ({BEST} missing)")
     return run.load_model(device)
+
+
+def build_run_model(
+    config: RunConfig, spec: DataSpec, base: GenerativeModel | None = None
+) -> GenerativeModel:
+    """The model a run trains: the registry model, with ``base``'s weights if given, wrapped
+    with LoRA adapters if ``config.finetune.lora_rank`` > 0."""
+    model = build_model(config.model_name, spec, config.model_options)
+    if base is not None:
+        merge_lora(base)
+        try:
+            model.load_state_dict(base.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"the base run's weights do not fit this model: {e}") from None
+    ft = config.finetune
+    if ft.lora_rank:
+        apply_lora(model, ft.lora_rank, ft.lora_alpha, ft.lora_targets)
+    return model
+
+
+def finetune_config(config: RunConfig, base: Run) -> RunConfig:
+    """``config`` completed from its base run: the base's model options (the config's own
+    override them) and, for text data, the base's tokenizer file."""
+    if config.model_name != base.config.model_name:
+        raise ConfigError(
+            f"finetune.base_run holds a {base.config.model_name} model, not {config.model_name}"
+        )
+    d = config.to_dict()
+    d["model"] = {**base.config.model, **config.model}
+    if (base.path / TOKENIZER).is_file():
+        from dgm.data.dataset import dataset_entry
+
+        loader = dataset_entry(config.data.name).loader
+        options = d["data"]["options"]
+        if "tokenizer_file" in inspect.signature(loader).parameters and not options.get(
+            "tokenizer_file"
+        ):
+            options["tokenizer_file"] = str((base.path / TOKENIZER).resolve())
+    return RunConfig.from_dict(d)

@@ -28,7 +28,7 @@ from dgm.config import OptimConfig, RunConfig, save_config
 from dgm.core.base import Fit, GenerativeModel
 from dgm.core.configuration import from_dict, to_dict
 from dgm.core.errors import CheckpointError, ConfigError, TrainingError
-from dgm.core.registry import build_model, model_entry
+from dgm.core.registry import model_entry
 from dgm.data.dataset import Dataset, Split
 from dgm.data.dataset import load as load_dataset
 from dgm.eval.likelihood import per_example_nll, resolve_method
@@ -44,7 +44,18 @@ from dgm.train.checkpoint import (
     unflatten_optimizer_state,
 )
 from dgm.train.ema import EMA
-from dgm.train.run import BEST, CONFIG, INFO, LAST, METRICS, open_run, write_json_atomic
+from dgm.train.run import (
+    BEST,
+    CONFIG,
+    INFO,
+    LAST,
+    METRICS,
+    TOKENIZER,
+    build_run_model,
+    finetune_config,
+    open_run,
+    write_json_atomic,
+)
 
 __all__ = ["TrainResult", "train", "make_optimizer", "lr_factor"]
 
@@ -140,6 +151,9 @@ class _Trainer:
         self.distributed = dist.init_distributed(self.device.type)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.main = self.rank == 0
+        base_run = open_run(config.finetune.base_run) if config.finetune.base_run else None
+        if base_run is not None:
+            config = self.config = finetune_config(config, base_run)
         self._check_run_dir()
 
         torch.manual_seed(tc.seed)
@@ -148,7 +162,13 @@ class _Trainer:
             config.data.name, **config.data.options
         )
         spec = self.dataset.spec
-        self.model = build_model(config.model_name, spec, config.model_options)
+        if base_run is not None and base_run.spec != spec:
+            raise ConfigError(
+                f"finetune.base_run was trained on data of another shape or vocabulary "
+                f"({base_run.spec}) than {config.data.name} ({spec})"
+            )
+        base = base_run.load_model() if base_run is not None and not resume else None
+        self.model = build_run_model(config, spec, base)
         self.model_config = _resolved_model_config(
             config.model_name, self.model, config.model_options
         )
@@ -156,7 +176,7 @@ class _Trainer:
         self.val_split = self.dataset.val.to(self.device)
         self.val_method = resolve_method(self.model, "auto")
         self.state = _State()
-        if not resume:
+        if not resume and base_run is None:
             init_gen = torch.Generator().manual_seed(tc.seed + 1)
             x_init = self._init_subset(init_gen)
             self.model.initialize_from_data(x_init, init_gen)
@@ -203,6 +223,10 @@ class _Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = RunConfig.from_dict({**self.config.to_dict(), "model": self.model_config})
         save_config(cfg, self.run_dir / CONFIG)
+        if self.dataset.tokenizer is not None:
+            from dgm.data.tokenizers import save_tokenizer
+
+            save_tokenizer(self.dataset.tokenizer, self.run_dir / TOKENIZER)
         (self.run_dir / METRICS).write_text("")
         self._write_info("running")
 

@@ -1,0 +1,88 @@
+r"""How the next token is drawn from a categorical p(x_t | x_{<t}): temperature, greedy, top-k, top-p.
+
+The book samples ancestrally with a temperature T (Book §11.2.4): softmax(logits / T). As
+T -> 0 this becomes greedy decoding (argmax); T = 1 is the model's own distribution, the only
+setting under which samples follow the model (every likelihood the library reports is at T = 1).
+Two truncations, not in the book, are standard for language models:
+
+- top-k (Fan et al., 2018): keep the k most probable tokens, renormalize;
+- top-p, nucleus sampling (Holtzman et al., 2020): keep the smallest set of most probable tokens
+  whose probability reaches p, renormalize.
+
+Truncations are applied to the temperature-scaled distribution, top-k first, then top-p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dgm.core.errors import ConfigError
+
+__all__ = ["Sampling", "truncate_logits", "draw_token"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw each token.
+
+    Args:
+        temperature: T >= 0 divides the logits; 0 means greedy (always the most probable token).
+        top_k: keep only the k most probable tokens (None: all).
+        top_p: keep the smallest most-probable set whose mass reaches p, 0 < p <= 1 (None: all).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def is_plain(self) -> bool:
+        """True when draws follow the model's own distribution (T = 1, no truncation)."""
+        return self.temperature == 1.0 and self.top_k is None and self.top_p is None
+
+
+def truncate_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set the logits of tokens outside the top-k / top-p set to -inf, shape unchanged (..., V).
+
+    The most probable token always survives, so no row is left empty.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Mass of the tokens strictly more probable than each one: a token is kept while the
+        # mass before it is still short of p (so the first one is always kept).
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw_token(
+    logits: Tensor, sampling: Sampling, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """One token per row of ``logits`` (N, V) under ``sampling``, shape (N,), long."""
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    scaled = truncate_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    dtype = torch.float64 if scaled.dtype == torch.float64 else torch.float32
+    probs = torch.softmax(scaled, dim=-1, dtype=dtype)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
