@@ -123,3 +123,31 @@ def test_demo_quick_smoke(capsys, tmp_path):
     assert rc == 0 and "| vae |" in out and "| independent |" in out
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "vae/report.html" in page and (tmp_path / "demo" / "vae" / "samples.png").is_file()
+
+
+def test_text_train_eval_sample_prompt_and_rag(capsys, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log.\n" * 80)
+    run = tmp_path / "gpt"
+    assert main(["train", "gpt", "--data", str(corpus), "--out", str(run), "--set",
+                 "model.width=16", "model.num_layers=1", "model.num_heads=2",
+                 "data.options.block_size=32", "train.epochs=1", "train.progress=false"]) == 0
+    assert (run / "tokenizer.json").is_file()
+    capsys.readouterr()
+    rc, out, _ = _run(capsys, "eval", str(run), "--json")
+    result = json.loads(out)
+    assert rc == 0 and result["perplexity"] > 1.0 and result["bits_per_char"] > 0.0
+    rc, out, _ = _run(capsys, "sample", str(run), "--prompt", "the cat", "--max-new-tokens", "12",
+                      "--greedy")
+    assert rc == 0 and out.startswith("the cat") and len(out.rstrip("\n")) == len("the cat") + 12
+    rc, again, _ = _run(capsys, "sample", str(run), "--prompt", "the cat", "--max-new-tokens",
+                        "12", "--greedy", "--no-cache")
+    assert again == out
+    rc, _, err = _run(capsys, "sample", str(run), "--prompt", "the cat\u00e9")
+    assert rc == 2 and "error:" in err
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("the dog sleeps on the log.\n\nthe cat eats fish.")
+    rc, out, _ = _run(capsys, "rag", str(run), "--docs", str(docs), "--query", "what does the cat eat",
+                      "--k", "1", "--max-new-tokens", "5", "--top-k", "3")
+    assert rc == 0 and "the cat eats fish." in out and "--- generated ---" in out

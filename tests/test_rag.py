@@ -281,3 +281,30 @@ def test_retrieve_then_prompt_end_to_end(tmp_path):
     hits = TfidfRetriever(store).search("what are normalizing flows?", k=2)
     prompt = build_prompt("what are normalizing flows?", hits, max_chars=200)
     assert prompt.startswith(CORPUS[2]) and len(prompt) <= 200
+
+
+def test_generator_fits_the_prompt_into_the_context_and_continues_it(tmp_path) -> None:
+    import torch
+
+    from dgm.core.registry import build_model
+    from dgm.core.sampling import Sampling
+    from dgm.data.spec import DataKind, DataSpec
+    from dgm.data.tokenizers import CharTokenizer
+    from dgm.rag import RetrievalAugmentedGenerator
+
+    (tmp_path / "a.txt").write_text("The owl hunts at night.\n\nCats sleep all day long.")
+    (tmp_path / "b.txt").write_text("Bread needs flour, water and salt.")
+    retriever = TfidfRetriever(DocumentStore.from_paths([tmp_path], max_chars=40, overlap=5))
+    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyzTCBQA .,:?\n")
+    torch.manual_seed(0)
+    model = build_model("gpt", DataSpec((80,), DataKind.TOKENS, num_levels=tok.vocab_size),
+                        {"width": 16, "num_layers": 1, "num_heads": 2}).eval()
+    rag = RetrievalAugmentedGenerator(retriever, model, tok)
+    ans = rag.answer("when does the owl hunt?", k=2, max_new_tokens=8,
+                     sampling=Sampling(temperature=0.0))
+    assert ans.hits[0].passage.text.startswith("The owl")
+    budget = 80 - 1 - 8
+    assert len(tok.encode(ans.prompt)) <= budget
+    assert ans.prompt.startswith("The owl hunts at night.")
+    assert ans.prompt.endswith("Question: when does the owl hunt?\nAnswer:")
+    assert len(ans.text) == 8

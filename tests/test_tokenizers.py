@@ -138,3 +138,10 @@ def test_bad_tokenizer_files(tmp_path):
         tokenizer_from_dict({"type": "bpe"})
     with pytest.raises(DataError, match="not yet defined"):
         tokenizer_from_dict({"type": "bpe", "merges": [[0, 300]]})
+
+
+def test_char_encode_can_drop_unknown_characters() -> None:
+    from dgm.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer("abc ")
+    assert tok.decode(tok.encode("a b\u00e9c!", errors="ignore")) == "a bc"

@@ -198,28 +198,124 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace) -> Any:
+    from dgm.core.sampling import Sampling
+
+    temperature = 0.0 if args.greedy else args.temperature
+    return Sampling(temperature, args.top_k, args.top_p)
+
+
+def _sample_text(args: argparse.Namespace, run: Any, model: Any, tokenizer: Any) -> int:
+    import torch
+
+    from dgm.core.errors import ConfigError
+
+    if not hasattr(model, "generate"):
+        raise ConfigError(f"{type(model).__name__} cannot continue a prompt")
+    prompt_ids = tokenizer.encode(args.prompt or "")
+    steps = args.max_new_tokens if args.max_new_tokens is not None else model.spec.dim
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    prefix = torch.tensor([prompt_ids] * args.n, dtype=torch.long).reshape(args.n, -1)
+    out = model.generate(
+        prefix, steps, sampling=_sampling(args), generator=gen, use_cache=not args.no_cache
+    )
+    texts = []
+    end = tokenizer.end_token
+    for row in out.tolist():
+        new = row[len(prompt_ids) :]
+        if end is not None and end in new:
+            new = new[: new.index(end)]
+        texts.append((args.prompt or "") + tokenizer.decode(new))
+    joined = "\n\n".join(texts) if end is None else "\n".join(texts)
+    if args.out:
+        out_path = Path(args.out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(joined + "\n")
+        print(f"wrote {args.n} samples to {out_path}")
+    else:
+        print(joined)
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    import inspect
+
     import numpy as np
     import torch
 
     from dgm.core.errors import ConfigError
     from dgm.eval.plots import samples_png
-    from dgm.train.run import load
+    from dgm.train.run import open_run
 
+    run = open_run(args.run_dir)
+    tokenizer = run.tokenizer()
+    if args.n is None:
+        args.n = 64 if tokenizer is None else 1
+    if args.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {args.n}")
+    model = run.load_model(args.device or "cpu")
+    if tokenizer is not None:
+        return _sample_text(args, run, model, tokenizer)
+    if args.prompt is not None:
+        raise ConfigError("--prompt needs a model trained on text (the run has no tokenizer)")
+    if not args.out:
+        raise ConfigError("--out is required for samples that are not text (a .png or .npy)")
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise ConfigError(f"--out must end in .png or .npy, got {out.name}")
-    if args.n < 1:
-        raise ConfigError(f"-n must be >= 1, got {args.n}")
-    model = load(args.run_dir, args.device or "cpu")
+    accepted = inspect.signature(model.sample).parameters
+    sampling = _sampling(args)
+    wanted: dict[str, Any] = {}
+    if sampling.temperature != 1.0:
+        wanted["temperature"] = sampling.temperature
+    if sampling.top_k is not None:
+        wanted["top_k"] = sampling.top_k
+    if sampling.top_p is not None:
+        wanted["top_p"] = sampling.top_p
+    if args.no_cache:
+        wanted["use_cache"] = False
+    for name in wanted:
+        if name not in accepted:
+            flag = "--no-cache" if name == "use_cache" else "--" + name.replace("_", "-")
+            raise ConfigError(f"{type(model).__name__} does not take {flag}")
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    x = model.sample(args.n, generator=gen).cpu()
+    x = model.sample(args.n, generator=gen, **wanted).cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.numpy())
     else:
         out.write_bytes(samples_png(x, model.spec))
     print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out}")
+    return 0
+
+
+def cmd_rag(args: argparse.Namespace) -> int:
+    import torch
+
+    from dgm.core.errors import ConfigError
+    from dgm.rag import DocumentStore, RetrievalAugmentedGenerator, TfidfRetriever
+    from dgm.train.run import open_run
+
+    run = open_run(args.run_dir)
+    tokenizer = run.tokenizer()
+    if tokenizer is None:
+        raise ConfigError(f"{args.run_dir} was not trained on text (no tokenizer); rag needs a GPT")
+    model = run.load_model(args.device or "cpu")
+    store = DocumentStore.from_paths(args.docs, max_chars=args.passage_chars, overlap=args.overlap)
+    rag = RetrievalAugmentedGenerator(TfidfRetriever(store), model, tokenizer)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    answer = rag.answer(
+        args.query, k=args.k, max_new_tokens=args.max_new_tokens, sampling=_sampling(args),
+        generator=gen,
+    )
+    print(f"{len(store)} passages from {len(store.sources)} files; top {len(answer.hits)}:")
+    for hit in answer.hits:
+        p = hit.passage
+        print(f"  {hit.rank}. {hit.score:.3f}  {p.source} @ {p.start}: {p.text[:70]!r}")
+    print("--- prompt (as the model read it) ---")
+    print(answer.prompt)
+    print("--- generated ---")
+    print(answer.text)
     return 0
 
 
@@ -249,6 +345,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(Path(args.out), models=args.models, quick=args.quick, k=args.k)
     return 0
+
+
+def _sampling_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; 1 = the model")
+    s.add_argument("--greedy", action="store_true", help="always the most probable token")
+    s.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    s.add_argument("--top-p", type=float, help="sample from the smallest set with mass p")
+    s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -283,13 +387,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("sample", help="draw samples to a PNG grid or a .npy array")
+    s = sub.add_parser("sample", help="draw samples: a PNG grid, a .npy array, or text")
     s.add_argument("run_dir")
-    s.add_argument("-n", type=int, default=64)
-    s.add_argument("--out", required=True)
+    s.add_argument("-n", type=int, default=None, help="number of samples (64; 1 for text)")
+    s.add_argument("--out", help=".png or .npy (required for images); .txt or stdout for text")
+    s.add_argument("--prompt", help="text to continue (models trained on text)")
+    s.add_argument("--max-new-tokens", type=int, help="tokens to generate (default: the block)")
+    _sampling_arguments(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     s.set_defaults(fn=cmd_sample)
+
+    s = sub.add_parser("rag", help="retrieve passages from your files and let a GPT continue")
+    s.add_argument("run_dir", help="a run of a model trained on text (gpt)")
+    s.add_argument("--docs", nargs="+", required=True, help="text files or folders")
+    s.add_argument("--query", required=True)
+    s.add_argument("--k", type=int, default=3, help="passages to retrieve")
+    s.add_argument("--passage-chars", type=int, default=400)
+    s.add_argument("--overlap", type=int, default=50)
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    _sampling_arguments(s)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device")
+    s.set_defaults(fn=cmd_rag)
 
     s = sub.add_parser("report", help="a self-contained HTML report of a run")
     s.add_argument("run_dir")

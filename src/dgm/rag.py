@@ -11,6 +11,8 @@ into the prompt. This module is everything before the generator:
 3. :class:`TfidfRetriever` scores every passage by the cosine similarity of TF-IDF vectors
    (Spärck Jones 1972; Salton & Buckley 1988) and returns the best as :class:`Hit` objects.
 4. :func:`build_prompt` pastes the hits, best first, into a prompt of at most ``max_chars``.
+5. :class:`RetrievalAugmentedGenerator` puts it together with a trained token model (a GPT):
+   retrieve, build a prompt that fits the model's context, generate the continuation.
 
 Every passage is a verbatim slice of its source: ``text[p.start : p.start + len(p.text)]`` is
 ``p.text``, with ``text`` the file decoded as UTF-8 (undecodable bytes replaced by U+FFFD, line
@@ -36,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +54,8 @@ __all__ = [
     "build_prompt",
     "tokenize",
     "DEFAULT_TEMPLATE",
+    "Answer",
+    "RetrievalAugmentedGenerator",
 ]
 
 DEFAULT_TEMPLATE = "{context}\n\nQuestion: {query}\nAnswer:"
@@ -504,3 +509,77 @@ def build_prompt(
             parts.append(head)
         break
     return template.format(context="\n\n".join(parts), query=query)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator half
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a retrieval-augmented generation returns: the hits, the prompt the model read
+    (after fitting it into the context) and the generated continuation."""
+
+    query: str
+    hits: tuple[Hit, ...]
+    prompt: str
+    text: str
+
+
+class RetrievalAugmentedGenerator:
+    """Retrieve passages for a query and let a token model continue a prompt built from them.
+
+    The prompt is cut to leave room for the answer inside the model's context of
+    ``model.max_length`` positions: at most ``max_length - 1 - min(max_new_tokens, max_length
+    // 2)`` prompt tokens (one position is the start token). Characters the tokenizer cannot
+    express (a character-level vocabulary learned from another corpus) are dropped.
+
+    Args:
+        retriever: a :class:`TfidfRetriever` over the user's documents.
+        model: a trained token model with ``generate`` and ``max_length`` (``gpt``,
+            ``transformer``).
+        tokenizer: the run's tokenizer (``Run.tokenizer()``).
+        template: how hits and query are put together (see :func:`build_prompt`).
+    """
+
+    def __init__(
+        self, retriever: TfidfRetriever, model: Any, tokenizer: Any, *, template: str = DEFAULT_TEMPLATE
+    ) -> None:
+        if not hasattr(model, "generate") or not hasattr(model, "max_length"):
+            raise ConfigError(f"{type(model).__name__} cannot continue a prompt (no generate())")
+        self.retriever, self.model, self.tokenizer, self.template = retriever, model, tokenizer, template
+
+    def prompt_tokens(self, query: str, hits: Sequence[Hit], budget: int) -> tuple[str, list[int]]:
+        """The longest prompt of the hits that encodes to at most ``budget`` tokens."""
+        max_chars = 8 * budget  # no tokenizer here packs more than 8 characters into a token
+        for _ in range(32):
+            prompt = build_prompt(query, hits, max_chars=max_chars, template=self.template)
+            ids = self.tokenizer.encode(prompt, errors="ignore")
+            if len(ids) <= budget:
+                return prompt, ids
+            max_chars = max(1, int(max_chars * budget / len(ids)) - 1)
+        return prompt, ids[-budget:]  # a query too long for the context keeps its end
+
+    def answer(
+        self,
+        query: str,
+        *,
+        k: int = 3,
+        max_new_tokens: int = 200,
+        sampling: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> Answer:
+        """Retrieve the top ``k`` passages and generate up to ``max_new_tokens`` tokens."""
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        hits = self.retriever.search(query, k)
+        length = int(self.model.max_length)
+        budget = max(1, length - 1 - min(max_new_tokens, length // 2))
+        prompt, ids = self.prompt_tokens(query, hits, budget)
+        prefix = torch.tensor([ids], dtype=torch.long)
+        out = self.model.generate(prefix, max_new_tokens, sampling=sampling, generator=generator)
+        new = out[0, len(ids) :].tolist()
+        end = self.tokenizer.end_token
+        if end is not None and end in new:
+            new = new[: new.index(end)]
+        return Answer(query, tuple(hits), self.tokenizer.decode(ids), self.tokenizer.decode(new))

@@ -57,8 +57,9 @@ class Tokenizer(Protocol):
         """The id that ends a sequence, or None if this tokenizer has none."""
         ...
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (never adds an end token)."""
+    def encode(self, text: str, errors: str = "strict") -> list[int]:
+        """Token ids of ``text`` (never adds an end token). ``errors="ignore"`` drops what the
+        vocabulary cannot express instead of raising DataError."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -129,11 +130,16 @@ class CharTokenizer:
     def end_token(self) -> int | None:
         return len(self.chars) if self.end else None
 
-    def encode(self, text: str) -> list[int]:
-        """One id per character; DataError naming the characters outside the vocabulary."""
+    def encode(self, text: str, errors: str = "strict") -> list[int]:
+        """One id per character; DataError naming the characters outside the vocabulary (or,
+        with ``errors="ignore"``, those characters dropped)."""
+        if errors not in ("strict", "ignore"):
+            raise ConfigError(f"errors must be 'strict' or 'ignore', got {errors!r}")
         points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         inside = points < len(self._table)
         ids = np.where(inside, self._table[np.where(inside, points, 0)], -1)
+        if errors == "ignore":
+            return ids[ids >= 0].tolist()
         if (ids < 0).any():
             unknown = {chr(p) for p in np.unique(points[ids < 0]).tolist()}
             raise DataError(_describe_unknown(unknown, text, len(self.chars)))
@@ -299,7 +305,8 @@ class BPETokenizer:
         self._cache[chunk] = symbols
         return symbols
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, errors: str = "strict") -> list[int]:
+        """Byte-level: every text encodes, so ``errors`` changes nothing."""
         ids: list[int] = []
         extend, cached, encode_chunk = ids.extend, self._cache.get, self._encode_chunk
         for chunk in split_chunks(text):

@@ -91,6 +91,8 @@ class Run:
         """The model with the best (or last) weights, in eval mode."""
         model = self.build_model()
         path = self.path / (BEST if which == "best" else LAST)
+        if which == "best" and not path.is_file():
+            raise CheckpointError(f"{self.path} has no trained weights yet ({BEST} missing)")
         tensors, _ = load_tensors(path)
         if which != "best":
             tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
