@@ -85,6 +85,54 @@ def _mnist(data: dict) -> str:
     return "\n".join(out)
 
 
+def _cache(data: dict) -> str:
+    out = [
+        "## Transformer ARM: sampling with and without the key/value cache",
+        "",
+        f"Machine: {_machine(data['machine'])}; {data['threads']} thread(s). Width 128, 4 blocks, "
+        "4 heads; wall seconds to draw n samples, same seed, same samples both ways.",
+        "",
+        "| positions | n | with cache s | without cache s | speed-up | ms/token (cache) "
+        "| ms/token (no cache) | same samples |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        out.append(
+            f"| {r['positions']} | {r['n']} | {r['cached_s']:.2f} | {r['uncached_s']:.2f} "
+            f"| **{r['speedup']:.1f}x** | {r['cached_ms_per_token']:.2f} "
+            f"| {r['uncached_ms_per_token']:.2f} | {'yes' if r['same_samples'] else 'NO'} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def _text(data: dict) -> str:
+    out = [
+        "## Language and sequence models (exact NLL of held-out text, per token and character)",
+        "",
+        f"Machine: {_machine(data['machine'])}.",
+        "",
+        "| model | data | tokenizer | test nats/sequence | bits/token | perplexity | bits/char "
+        "| epochs | CPU s | params | budget | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        out.append(
+            f"| {r['model']} | {r['data']} | {r['tokenizer']} | {r['test_nats']:.2f} "
+            f"| {r['bits_per_token']:.4f} | {r['perplexity']:.3f} | {_fmt(r.get('bits_per_char'), 4)} "
+            f"| {r['epochs']} | {r['cpu_s']:.0f} | {r['params']:,} | {r.get('budget', '')} "
+            f"| {r.get('notes', '')} |"
+        )
+    for r in data["rows"]:
+        if r.get("samples"):
+            out += ["", f"Samples of {r['model']} on {r['data']} ({r.get('sampling', '')}):", "",
+                    "```", *r["samples"], "```"]
+    if data.get("notes"):
+        out += ["", data["notes"]]
+    out.append("")
+    return "\n".join(out)
+
+
 def write_benchmarks_md() -> Path:
     parts = [
         "# Benchmarks",
@@ -96,7 +144,8 @@ def write_benchmarks_md() -> Path:
         "is better.",
         "",
     ]
-    for name, fn in (("digits", _digits), ("mnist", _mnist)):
+    for name, fn in (("digits", _digits), ("mnist", _mnist), ("transformer_cache", _cache),
+                     ("text", _text)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             parts.append(fn(json.loads(p.read_text())))
