@@ -113,13 +113,15 @@ def _text(data: dict) -> str:
         f"Machine: {_machine(data['machine'])}.",
         "",
         "| model | data | tokenizer | test nats/sequence | bits/token | perplexity | bits/char "
-        "| epochs | CPU s | params | budget | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| floors: unigram / bigram bits/token | epochs | CPU s | params | budget | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         out.append(
             f"| {r['model']} | {r['data']} | {r['tokenizer']} | {r['test_nats']:.2f} "
             f"| {r['bits_per_token']:.4f} | {r['perplexity']:.3f} | {_fmt(r.get('bits_per_char'), 4)} "
+            f"| {_fmt(r.get('floor_unigram_bits_per_token'), 3)} / "
+            f"{_fmt(r.get('floor_bigram_bits_per_token'), 3)} "
             f"| {r['epochs']} | {r['cpu_s']:.0f} | {r['params']:,} | {r.get('budget', '')} "
             f"| {r.get('notes', '')} |"
         )

@@ -51,6 +51,32 @@ def next_token_accuracy(model, x: torch.Tensor, batch: int = 256) -> float:
     return hits / total
 
 
+def ngram_floor(dataset, order: int) -> float:
+    """Bits per scored token of an add-one smoothed (order-1)-gram model of the training tokens,
+    on the test split: the floor a sequence model must beat (order 1: independent tokens)."""
+    import numpy as np
+
+    spec, vocab = dataset.spec, dataset.spec.num_levels
+
+    def streams(split):  # (previous token or -1 at a start, token) over the scored positions
+        x = split.x.long()
+        mask = spec.scored_positions(x).numpy()
+        prev = np.concatenate([np.full((len(x), 1), vocab), x[:, :-1].numpy()], 1)
+        return prev[mask], x.numpy()[mask]
+
+    prev, tok = streams(dataset.train)
+    if order == 1:
+        counts = np.bincount(tok, minlength=vocab) + 1.0
+        logp = np.log(counts / counts.sum())
+        _, test = streams(dataset.test)
+        return float(-logp[test].mean() / np.log(2))
+    table = np.ones((vocab + 1, vocab))
+    np.add.at(table, (prev, tok), 1.0)
+    logp = np.log(table / table.sum(1, keepdims=True))
+    tprev, ttok = streams(dataset.test)
+    return float(-logp[tprev, ttok].mean() / np.log(2))
+
+
 def run_one(name: str, budget_min: float, threads: int, n_samples: int, work: Path) -> dict:
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     cfg.train.time_budget_s = budget_min * 60
@@ -74,6 +100,8 @@ def run_one(name: str, budget_min: float, threads: int, n_samples: int, work: Pa
         "cpu_s": result.cpu_s, "params": result.num_parameters, "budget": f"{budget_min:g} min",
         "threads": threads,
     }
+    row["floor_unigram_bits_per_token"] = ngram_floor(dataset, 1)
+    row["floor_bigram_bits_per_token"] = ngram_floor(dataset, 2)
     gen = torch.Generator().manual_seed(0)
     if model.spec.end_token is None:  # text: a prompt, greedy and sampled continuations
         prompt = "ROMEO.\n"

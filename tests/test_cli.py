@@ -151,3 +151,6 @@ def test_text_train_eval_sample_prompt_and_rag(capsys, tmp_path):
     rc, out, _ = _run(capsys, "rag", str(run), "--docs", str(docs), "--query", "what does the cat eat",
                       "--k", "1", "--max-new-tokens", "5", "--top-k", "3")
     assert rc == 0 and "the cat eats fish." in out and "--- generated ---" in out
+    rc, out, _ = _run(capsys, "report", str(run))
+    page = (run / "report.html").read_text()
+    assert rc == 0 and "perplexity" in out and "bits / token" in page and "<pre>" in page

@@ -39,16 +39,35 @@ def report_evaluations(model: Any, dataset: Dataset, k: int, seed: int = 0) -> l
 
 
 def _table(evals: list[Evaluation]) -> str:
+    tokens = any(e.perplexity is not None for e in evals)
+    extra = "<th>perplexity</th><th>bits / char</th>" if tokens else ""
     rows = "".join(
         f"<tr><td>{e.split}</td><td>{e.nll_nats:.3f} ± {e.stderr_nats:.3f}</td>"
-        f"<td>{'' if e.bpd is None else f'{e.bpd:.4f}'}</td><td>{e.median_nats:.3f}</td>"
-        f"<td>{html.escape(e.label)}</td><td>{e.n}</td></tr>"
+        f"<td>{'' if e.bpd is None else f'{e.bpd:.4f}'}</td>"
+        + (
+            f"<td>{e.perplexity:.3f}</td><td>"
+            f"{'' if e.bits_per_char is None else f'{e.bits_per_char:.4f}'}</td>"
+            if tokens and e.perplexity is not None
+            else ""
+        )
+        + f"<td>{e.median_nats:.3f}</td><td>{html.escape(e.label)}</td><td>{e.n}</td></tr>"
         for e in evals
     )
+    unit = "bits / token" if tokens else "bits / dim"
     return (
-        "<table><tr><th>split</th><th>nats / example</th><th>bits / dim</th><th>median</th>"
+        f"<table><tr><th>split</th><th>nats / example</th><th>{unit}</th>{extra}<th>median</th>"
         f"<th>what it is</th><th>n</th></tr>{rows}</table>"
     )
+
+
+def _texts(x: torch.Tensor, spec: Any, tokenizer: Any) -> str:
+    """Token sequences decoded (up to each one's end token), one block each."""
+    lengths = spec.lengths(x)
+    items = "".join(
+        f"<pre>{html.escape(tokenizer.decode(row[: int(n)].tolist()))}</pre>"
+        for row, n in zip(x, lengths)
+    )
+    return items
 
 
 def write_report(
@@ -78,9 +97,14 @@ def write_report(
         "negative log-likelihood, not the NLL itself.</p>"
     )
     parts.append("<h2>Training</h2>" + _img(curves_png(run.metrics(), title), "curves"))
-    samples = model.sample(n_samples, generator=gen)
+    tokenizer = run.tokenizer()
+    samples = model.sample(8 if tokenizer is not None else n_samples, generator=gen)
     parts.append("<h2>Samples</h2>")
-    if spec.kind is DataKind.CONTINUOUS and spec.dim == 2:
+    if tokenizer is not None:
+        parts.append("<p>T = 1, from the start token</p>" + _texts(samples, spec, tokenizer))
+        real, _ = dataset.test.batch(slice(0, 4), spec)
+        parts.append("<h3>Test examples</h3>" + _texts(real, spec, tokenizer))
+    elif spec.kind is DataKind.CONTINUOUS and spec.dim == 2:
         data, _ = dataset.test.all(spec)
         density = None
         if model.likelihood_on(spec.kind) is Likelihood.EXACT:
