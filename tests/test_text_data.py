@@ -193,3 +193,17 @@ def test_real_shakespeare():
     chars = sum(int(d.split(p).characters.sum()) for p in ("train", "val", "test"))
     assert 5_057_239 - 3 * 1024 < chars <= 5_057_239
     assert d.train.x.shape == (4_551_549 // 1024, 1024)
+
+
+def test_reused_char_tokenizer_can_drop_unknown_characters(tmp_path) -> None:
+    from dgm.data.dataset import load
+    from dgm.data.tokenizers import CharTokenizer, save_tokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc ab\n" * 200 + "zz\n" * 10)
+    path = save_tokenizer(CharTokenizer("abc \n"), tmp_path / "tok.json")
+    with pytest.raises(DataError, match="unknown=drop"):
+        load("text", path=str(corpus), block_size=8, tokenizer_file=str(path))
+    d = load("text", path=str(corpus), block_size=8, tokenizer_file=str(path), unknown="drop")
+    assert d.spec.num_levels == 5 and "dropped" in d.description
+    assert d.tokenizer.decode(d.train.x[0].tolist()) == "abc ab\na"

@@ -86,15 +86,21 @@ def _make_tokenizer(
     raise ConfigError(f"unknown tokenizer {tokenizer!r}; choose 'char' or 'bpe'")
 
 
-def _chunks(tok: Tokenizer, text: str, block_size: int, name: str, part: str) -> tuple[Split, int]:
-    """Non-overlapping ``block_size`` examples of ``text``'s tokens, and its token count
-    (the remainder after the last whole example included)."""
+def _chunks(
+    tok: Tokenizer, text: str, block_size: int, name: str, part: str, unknown: str
+) -> tuple[Split, int, int]:
+    """Non-overlapping ``block_size`` examples of ``text``'s tokens, its token count (the
+    remainder after the last whole example included) and the number of characters dropped
+    because the tokenizer cannot express them (``unknown="drop"``)."""
     try:
-        ids = np.asarray(tok.encode(text), dtype=np.int64)
+        ids = np.asarray(tok.encode(text, errors="ignore" if unknown == "drop" else "strict"),
+                         dtype=np.int64)
     except DataError as e:
         raise DataError(
-            f"{name} ({part} split): the tokenizer cannot encode the text: {e}"
+            f"{name} ({part} split): the tokenizer cannot encode the text: {e} "
+            "(data option unknown=drop removes such characters)"
         ) from None
+    dropped = len(text) - int(sum(tok.token_lengths(ids.tolist()))) if unknown == "drop" else 0
     n = len(ids) // block_size
     if n == 0:
         raise DataError(
@@ -108,7 +114,7 @@ def _chunks(tok: Tokenizer, text: str, block_size: int, name: str, part: str) ->
     dtype = np.int16 if tok.vocab_size <= np.iinfo(np.int16).max + 1 else np.int32
     x = torch.from_numpy(ids.astype(dtype).reshape(n, block_size))
     characters = torch.from_numpy(lengths.reshape(n, block_size).sum(1))
-    return Split(x, characters=characters), total
+    return Split(x, characters=characters), total, dropped
 
 
 def corpus_dataset(
@@ -120,11 +126,16 @@ def corpus_dataset(
     tokenizer: str = "char",
     vocab_size: int = 512,
     tokenizer_file: str | None = None,
+    unknown: str = "error",
 ) -> Dataset:
     """The token dataset of the corpus ``text`` (the recipe in the module docstring).
 
-    ``source`` names where the text comes from, for the description.
+    ``source`` names where the text comes from, for the description. ``unknown``: what to do
+    with characters a reused tokenizer (``tokenizer_file``) cannot express: "error" or "drop"
+    (the description says how many were dropped).
     """
+    if unknown not in ("error", "drop"):
+        raise ConfigError(f"{name}: unknown must be 'error' or 'drop', got {unknown!r}")
     if block_size < 1:
         raise ConfigError(f"{name}: block_size must be at least 1, got {block_size}")
     if not text:
@@ -134,9 +145,10 @@ def corpus_dataset(
     splits: dict[str, Split] = {}
     sizes = []
     for part, part_text in parts.items():
-        splits[part], tokens = _chunks(tok, part_text, block_size, name, part)
+        splits[part], tokens, dropped = _chunks(tok, part_text, block_size, name, part, unknown)
         sizes.append(
             f"{part} {len(part_text):,} chars, {tokens:,} tokens in {len(splits[part]):,} chunks"
+            + (f" ({dropped:,} characters outside the vocabulary dropped)" if dropped else "")
         )
     spec = DataSpec((block_size,), DataKind.TOKENS, num_levels=tok.vocab_size)
     return Dataset(
@@ -192,6 +204,7 @@ def load_shakespeare(
     vocab_size: int = 512,
     tokenizer_file: str | None = None,
     root: str | None = None,
+    unknown: Literal["error", "drop"] = "error",
 ) -> Dataset:
     """Shakespeare's complete works (needs ``dgm fetch shakespeare`` once)."""
     raw = read_fetched_file("shakespeare", "shakespeare.txt", root)
@@ -203,6 +216,7 @@ def load_shakespeare(
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         tokenizer_file=tokenizer_file,
+        unknown=unknown,
     )
 
 
@@ -214,6 +228,7 @@ def load_pydoc_topics(
     tokenizer: TokenizerName = "char",
     vocab_size: int = 512,
     tokenizer_file: str | None = None,
+    unknown: Literal["error", "drop"] = "error",
 ) -> Dataset:
     """The help topics shipped with Python (``pydoc_data.topics``), sorted by topic name."""
     from pydoc_data.topics import topics
@@ -227,6 +242,7 @@ def load_pydoc_topics(
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         tokenizer_file=tokenizer_file,
+        unknown=unknown,
     )
 
 
@@ -237,6 +253,7 @@ def load_text(
     tokenizer: TokenizerName = "char",
     vocab_size: int = 512,
     tokenizer_file: str | None = None,
+    unknown: Literal["error", "drop"] = "error",
 ) -> Dataset:
     """A local text file or folder (see :func:`read_text_path`)."""
     return corpus_dataset(
@@ -247,4 +264,5 @@ def load_text(
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         tokenizer_file=tokenizer_file,
+        unknown=unknown,
     )
