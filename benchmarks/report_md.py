@@ -135,6 +135,25 @@ def _text(data: dict) -> str:
     return "\n".join(out)
 
 
+def _lora(data: dict) -> str:
+    out = [
+        "## Fine-tuning the Shakespeare GPT on Python's docs: LoRA and full",
+        "",
+        f"Machine: {_machine(data['machine'])}. Target: {data['target']}. "
+        f"{data['epochs']} epochs per run; exact test bits per (kept) character.",
+        "",
+        "| run | test bits/char | test nats/block | trainable params | all params | CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        out.append(
+            f"| {r['run']} | {r['test_bits_per_char']:.4f} | {r['test_nats']:.2f} "
+            f"| {r['trainable']:,} | {r['params']:,} | {r['cpu_s']:.0f} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
 def write_benchmarks_md() -> Path:
     parts = [
         "# Benchmarks",
@@ -147,7 +166,7 @@ def write_benchmarks_md() -> Path:
         "",
     ]
     for name, fn in (("digits", _digits), ("mnist", _mnist), ("transformer_cache", _cache),
-                     ("text", _text)):
+                     ("text", _text), ("lora", _lora)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             parts.append(fn(json.loads(p.read_text())))
