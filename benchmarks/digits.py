@@ -39,6 +39,8 @@ BOOK = {
     "pixelcnn": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0, "params": None},
     "made": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0, "params": None},
     "nade": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0, "params": None},
+    "pixelcnn_fast": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0,
+                      "params": None},
     "transformer": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0,
                     "params": None},
     "fvsbn": {"nats": 86.65, "what": "book's causal-conv ARM", "cpu_s": 761.0, "params": None},
