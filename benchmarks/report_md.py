@@ -110,16 +110,18 @@ def _text(data: dict) -> str:
     out = [
         "## Language and sequence models (exact NLL of held-out text, per token and character)",
         "",
-        f"Machine: {_machine(data['machine'])}.",
+        f"Machine: {_machine(data['machine'])} (the last run; each row's budget is its own).",
         "",
         "| model | data | tokenizer | test nats/sequence | bits/token | perplexity | bits/char "
-        "| floors: unigram / bigram bits/token | epochs | CPU s | params | budget | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| val bits/char | floors: unigram / bigram bits/token | epochs | CPU s | params | budget "
+        "| notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         out.append(
             f"| {r['model']} | {r['data']} | {r['tokenizer']} | {r['test_nats']:.2f} "
             f"| {r['bits_per_token']:.4f} | {r['perplexity']:.3f} | {_fmt(r.get('bits_per_char'), 4)} "
+            f"| {_fmt(r.get('val_bits_per_char'), 4)} "
             f"| {_fmt(r.get('floor_unigram_bits_per_token'), 3)} / "
             f"{_fmt(r.get('floor_bigram_bits_per_token'), 3)} "
             f"| {r['epochs']} | {r['cpu_s']:.0f} | {r['params']:,} | {r.get('budget', '')} "
