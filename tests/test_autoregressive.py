@@ -64,7 +64,10 @@ def test_gaussian_likelihood_and_temperature_misuse_are_refused():
         small_arm(DataSpec((4,), DataKind.DISCRETE, num_levels=3), likelihood="gaussian")
     model = small_arm(DataSpec((4,), DataKind.DISCRETE, num_levels=3), likelihood="discretized_logistic")
     with pytest.raises(ConfigError, match="temperature"):
-        model.sample(2, temperature=0.5)
+        model.sample(2, temperature=-0.5)
+    # a discretized logistic takes a temperature by scaling its logistics (as PixelCNN does)
+    cold = model.sample(2, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cold, model.sample(2, temperature=0.0))
 
 
 def test_log_prob_is_sum_of_categorical_terms():

@@ -10,18 +10,21 @@ Two truncations, not in the book, are standard for language models:
   whose probability reaches p, renormalize.
 
 Truncations are applied to the temperature-scaled distribution, top-k first, then top-p.
+:func:`draw_from_head` applies the same options to any likelihood head of an ARM.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from dgm.core.errors import ConfigError
+from dgm.core.heads import BernoulliHead, CategoricalHead, DiscretizedLogisticHead, LikelihoodHead
 
-__all__ = ["Sampling", "truncate_logits", "draw_token"]
+__all__ = ["Sampling", "truncate_logits", "draw_token", "draw_from_head"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,39 @@ def draw_token(
     dtype = torch.float64 if scaled.dtype == torch.float64 else torch.float32
     probs = torch.softmax(scaled, dim=-1, dtype=dtype)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def draw_from_head(
+    head: LikelihoodHead,
+    params: Tensor,
+    sampling: Sampling,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """x ~ p(x | θ) under ``sampling`` for θ of shape (N, D, P); returns (N, D).
+
+    Greedy takes the head's mode. A categorical head takes every option; a Bernoulli head
+    divides its logit by T; a discretized logistic (mixture) divides its mixture logits by T and
+    multiplies its scales by T. Top-k and top-p need a categorical head.
+    """
+    if sampling.greedy:
+        return head.mode(params)
+    if isinstance(head, CategoricalHead):
+        flat = draw_token(params.reshape(-1, params.shape[-1]), sampling, generator=generator)
+        return flat.reshape(params.shape[:-1])
+    if sampling.top_k is not None or sampling.top_p is not None:
+        raise ConfigError("top_k and top_p need the categorical likelihood")
+    t = sampling.temperature
+    if t != 1.0:
+        if isinstance(head, BernoulliHead):
+            params = params / t
+        elif isinstance(head, DiscretizedLogisticHead):
+            log_t = math.log(t)
+            if head.num_components == 1:
+                params = torch.stack([params[..., 0], params[..., 1] + log_t], dim=-1)
+            else:
+                logits, a, b = params.chunk(3, dim=-1)
+                params = torch.cat([logits / t, a, b + log_t], dim=-1)
+        else:
+            raise ConfigError(f"{type(head).__name__} takes no temperature other than 0 or 1")
+    return head.sample(params, generator=generator)

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, DiscretizedLogisticHead, LikelihoodHead, likelihood_head
+from dgm.core.heads import LIKELIHOODS, LikelihoodHead, likelihood_head
 from dgm.core.nn import CausalConv1d, MaskedLinear
 from dgm.core.registry import register_model
+from dgm.core.sampling import Sampling, draw_from_head
 from dgm.data.spec import DataKind, DataSpec
 
 __all__ = [
@@ -266,7 +267,6 @@ class ARM(AutoregressiveModel):
         self.check_input(x)
         return self._params_flat(x.reshape(x.shape[0], -1))
 
-
     @torch.no_grad()
     def sample(
         self,
@@ -283,7 +283,8 @@ class ARM(AutoregressiveModel):
         Args:
             n: number of samples.
             generator: the source of randomness (on the model's device).
-            temperature: T > 0 divides the logits (categorical and Bernoulli likelihoods);
+            temperature: T > 0 divides the logits (categorical, Bernoulli, mixture weights)
+                and multiplies the logistic scales (see ``draw_from_head``);
                 T = 0 takes the most probable value at every step.
 
         Returns:
@@ -293,20 +294,14 @@ class ARM(AutoregressiveModel):
             raise ConfigError("ARM is unconditional: sample() takes no labels y")
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        if not temperature >= 0.0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}")
-        if temperature not in (0.0, 1.0) and isinstance(self.head, DiscretizedLogisticHead):
-            raise ConfigError("temperature other than 0 or 1 needs a logit-based likelihood")
+        sampling = Sampling(temperature)
         dim, window = self.spec.dim, self.receptive_field
         x = torch.zeros(n, dim, dtype=torch.long, device=self.device)
         for d in range(dim):
             # θ_d needs x_{d-R}..x_{d-1}: a window of R + 1 positions ending at d is enough.
             start = max(0, d - window)
             theta = self._params_flat(x[:, start : d + 1])[:, -1:]  # (n, 1, P)
-            if temperature == 0.0:
-                x[:, d] = self.head.mode(theta)[:, 0]
-            else:
-                x[:, d] = self.head.sample(theta / temperature, generator=generator)[:, 0]
+            x[:, d] = draw_from_head(self.head, theta, sampling, generator=generator)[:, 0]
         return x.reshape(n, *self.spec.event_shape)
 
 
@@ -404,7 +399,6 @@ class FiniteMemoryARM(AutoregressiveModel):
         h = _encoded_sequence(x, self.spec.num_levels, self.config.input_encoding, dtype)
         return self.net(h.transpose(1, 2)).transpose(1, 2)
 
-
     @torch.no_grad()
     def sample(
         self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
@@ -484,7 +478,6 @@ class RNNARM(AutoregressiveModel):
         """Flat integers (N, T) -> θ (N, T, P); θ_t depends on x_{<t} through the state."""
         out, _ = self.rnn(self._shifted_inputs(x))
         return self.proj(self.drop(out))
-
 
     @torch.no_grad()
     def sample(
@@ -587,7 +580,6 @@ class MADE(AutoregressiveModel):
         h = _scaled_input(x.reshape(x.shape[0], -1), self.spec.num_levels, dtype)[:, 0]
         return self.net(h).reshape(x.shape[0], self.spec.dim, self.head.num_params)
 
-
     @torch.no_grad()
     def sample(
         self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
@@ -638,7 +630,6 @@ class NADE(AutoregressiveModel):
         contrib = v.unsqueeze(-1) * self.W  # (N, D, H)
         a = self.c + torch.cumsum(contrib, dim=1) - contrib  # exclusive: x_{<d} only
         return torch.einsum("ndh,dph->ndp", torch.sigmoid(a), self.V) + self.b
-
 
     @torch.no_grad()
     def sample(

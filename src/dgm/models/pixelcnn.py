@@ -23,48 +23,22 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from dgm.core.errors import ConfigError
-from dgm.core.heads import (
-    BernoulliHead,
-    CategoricalHead,
-    DiscretizedLogisticHead,
-    LikelihoodHead,
-    likelihood_head,
-)
+from dgm.core.heads import likelihood_head
 from dgm.core.masked_conv import GatedPixelCNNLayer, MaskedConv2d
 from dgm.core.registry import register_model
+from dgm.core.sampling import Sampling, draw_from_head
 from dgm.models.autoregressive import AutoregressiveModel
 from dgm.data.spec import DataKind, DataSpec
 
 __all__ = ["PixelCNNConfig", "PixelCNN"]
 
 _LIKELIHOODS = ("auto", "categorical", "bernoulli", "discretized_logistic")
-
-
-def _tempered_sample(
-    head: LikelihoodHead, params: Tensor, temperature: float, generator: torch.Generator | None
-) -> Tensor:
-    """x ~ p(x | θ) at temperature T: logits / T (categorical, Bernoulli, mixture weights),
-    logistic scales x T; T = 0 gives the head's mode."""
-    if temperature == 0.0:
-        return head.mode(params)
-    if temperature != 1.0:
-        if isinstance(head, (CategoricalHead, BernoulliHead)):
-            params = params / temperature
-        elif isinstance(head, DiscretizedLogisticHead):
-            log_t = math.log(temperature)
-            if head.num_components == 1:
-                params = torch.stack([params[..., 0], params[..., 1] + log_t], dim=-1)
-            else:
-                logits, a, b = params.chunk(3, dim=-1)
-                params = torch.cat([logits / temperature, a, b + log_t], dim=-1)
-    return head.sample(params, generator=generator)
 
 
 class _PlainStack(nn.Module):
@@ -219,7 +193,6 @@ class PixelCNN(AutoregressiveModel):
         self.check_input(x)
         return self._params(x).reshape(x.shape[0], self.spec.dim, self.head.num_params)
 
-
     @torch.no_grad()
     def sample(
         self,
@@ -247,8 +220,7 @@ class PixelCNN(AutoregressiveModel):
             raise ConfigError("PixelCNN is unconditional: sample() takes no labels y")
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        if not temperature >= 0.0:
-            raise ConfigError(f"temperature must be >= 0, got {temperature}")
+        sampling = Sampling(temperature)
         was_training = self.training
         self.eval()
         try:
@@ -258,8 +230,8 @@ class PixelCNN(AutoregressiveModel):
                 for j in range(ww):
                     for ch in range(c):
                         theta = self._params(x[:, :, : i + 1])[:, ch, i, j]  # (n, P)
-                        draw = _tempered_sample(self.head, theta.unsqueeze(1), temperature,
-                                                generator)
+                        draw = draw_from_head(self.head, theta.unsqueeze(1), sampling,
+                                              generator=generator)
                         x[:, ch, i, j] = draw[:, 0]
         finally:
             self.train(was_training)

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from dgm.core.attention import KVCache, TransformerBlock
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, BernoulliHead, CategoricalHead, likelihood_head
+from dgm.core.heads import LIKELIHOODS, CategoricalHead, likelihood_head
 from dgm.core.registry import register_model
-from dgm.core.sampling import Sampling, draw_token
+from dgm.core.sampling import Sampling, draw_from_head
 from dgm.data.spec import DataKind, DataSpec
 from dgm.models.autoregressive import AutoregressiveModel
 
@@ -160,20 +160,6 @@ class TransformerARM(AutoregressiveModel):
 
     # -- sampling ---------------------------------------------------------------------------
 
-    def _draw(self, theta: Tensor, sampling: Sampling, generator: torch.Generator | None) -> Tensor:
-        """One value per row of θ (N, P) under ``sampling``."""
-        if isinstance(self.head, CategoricalHead):
-            return draw_token(theta, sampling, generator=generator)
-        if sampling.top_k is not None or sampling.top_p is not None:
-            raise ConfigError("top_k and top_p need the categorical likelihood")
-        if sampling.greedy:
-            return self.head.mode(theta.unsqueeze(1))[:, 0]
-        if sampling.temperature != 1.0 and not isinstance(self.head, BernoulliHead):
-            raise ConfigError("a temperature other than 0 or 1 needs a logit-based likelihood")
-        return self.head.sample(theta.unsqueeze(1) / sampling.temperature, generator=generator)[
-            :, 0
-        ]
-
     @torch.no_grad()
     def generate(
         self,
@@ -227,7 +213,8 @@ class TransformerARM(AutoregressiveModel):
                 theta = self._run(self._embed(context, with_start=True, offset=0), cache)[:, -1]
                 if cache is not None:
                     cache.advance(context.shape[1] + 1)
-            token = self._draw(theta, sampling, generator)
+            theta = theta.unsqueeze(1)
+            token = draw_from_head(self.head, theta, sampling, generator=generator)[:, 0]
             if end is not None:
                 token = torch.where(finished, torch.full_like(token, end), token)
                 finished |= token == end
