@@ -138,7 +138,8 @@ def run_one(name: str, budget_min: float, threads: int, n_samples: int, work: Pa
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--runs", nargs="*", default=["gpt_shakespeare", "transformer_b3db"])
+    p.add_argument("--runs", nargs="*",
+                   default=["gpt_shakespeare", "gpt_bpe_shakespeare", "transformer_b3db"])
     p.add_argument("--budget-min", type=float, default=25.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", type=int, default=8)
@@ -163,8 +164,9 @@ def main() -> None:
     )
     old = RESULTS / "text.json"
     if old.is_file():
-        done = {(r["model"], r["data"]) for r in rows}
-        rows = [r for r in json.loads(old.read_text())["rows"] if (r["model"], r["data"]) not in done] + rows
+        done = {(r["model"], r["data"], r["tokenizer"]) for r in rows}
+        rows = [r for r in json.loads(old.read_text())["rows"]
+                if (r["model"], r["data"], r["tokenizer"]) not in done] + rows
     write_result("text", {"machine": machine(), "rows": rows, "notes": notes})
     from report_md import write_benchmarks_md
 
