@@ -10,7 +10,9 @@ from torch import nn
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.nn import mlp
 from dgm.core.transforms import (
+    ActNorm,
     AffineCoupling,
+    InvertibleLinear,
     Compose,
     ElementwiseAffine,
     Inverse,
@@ -32,10 +34,15 @@ def _randomize(module: nn.Module, scale: float = 0.5) -> nn.Module:
     return module
 
 
-def _coupling(mask: torch.Tensor, context: int = 0) -> AffineCoupling:
+def _coupling(mask: torch.Tensor, context: int = 0, affine: bool = True) -> AffineCoupling:
     d_a = int(mask.sum())
-    net = mlp(d_a + context, 16, 2 * (D - d_a), num_hidden=2)
-    return _randomize(AffineCoupling(mask, net, scale_bound=1.5)).double()
+    net = mlp(d_a + context, 16, (2 if affine else 1) * (D - d_a), num_hidden=2)
+    return _randomize(AffineCoupling(mask, net, scale_bound=1.5, affine=affine)).double()
+
+
+def _initialized(t: ActNorm) -> ActNorm:
+    t.initialized.fill_(True)  # keep the random parameters: no data-dependent init
+    return t
 
 
 def _elementwise() -> ElementwiseAffine:
@@ -47,6 +54,9 @@ def _all_transforms() -> dict[str, Transform]:
         "coupling_half": _coupling(half_mask(D)),
         "coupling_half_last": _coupling(half_mask(D, first=False)),
         "coupling_alternating": _coupling(alternating_mask(D, even=False)),
+        "additive_coupling": _coupling(half_mask(D), affine=False),
+        "actnorm": _initialized(_randomize(ActNorm(D)).double()),
+        "lu_linear": _randomize(InvertibleLinear(D), 0.3).double(),
         "flip": Permutation.reverse(D),
         "random_perm": Permutation.random(D, generator=torch.Generator().manual_seed(3)),
         "elementwise": _elementwise(),
@@ -231,3 +241,41 @@ def test_bad_inputs_raise() -> None:
         Permutation(torch.tensor([0, 0, 1]))
     with pytest.raises(DataError):
         _coupling(half_mask(D))(torch.randn(3, D + 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["actnorm", "lu"])
+def test_image_event_transforms_invert_and_count_every_pixel(kind: str) -> None:
+    torch.manual_seed(0)
+    c, h, w = 3, 2, 2
+    if kind == "actnorm":
+        t = _initialized(_randomize(ActNorm(c, event_dim=3)).double())
+    else:
+        t = _randomize(InvertibleLinear(c, event_dim=3), 0.3).double()
+    x = torch.randn(4, c, h, w, dtype=torch.float64)
+    z, ld = t(x)
+    back, ld_inv = t.inverse(z)
+    assert torch.allclose(back, x, atol=1e-10) and torch.allclose(ld + ld_inv, torch.zeros(4, dtype=torch.float64))
+    for xn, ldn in zip(x, ld):
+        jac = torch.autograd.functional.jacobian(lambda v: t(v.unsqueeze(0))[0][0], xn)
+        expected = torch.linalg.slogdet(jac.reshape(c * h * w, c * h * w)).logabsdet
+        assert torch.allclose(ldn, expected, atol=1e-9)
+
+
+def test_actnorm_initializes_from_the_first_training_batch() -> None:
+    x = 3.0 + 2.0 * torch.randn(500, 2, 4, 4, dtype=torch.float64)
+    t = ActNorm(2, event_dim=3).double()
+    z, _ = t(x)
+    per_channel = z.transpose(0, 1).reshape(2, -1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(2, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(per_channel.std(1), torch.ones(2, dtype=torch.float64), atol=1e-10)
+    loc = t.loc.clone()
+    t(x + 5.0)  # initialized once only
+    assert torch.equal(t.loc, loc)
+
+
+def test_lu_weight_determinant_matches_its_diagonal() -> None:
+    t = _randomize(InvertibleLinear(6, generator=torch.Generator().manual_seed(1)), 0.3).double()
+    assert torch.allclose(torch.linalg.slogdet(t.weight()).logabsdet, t.log_s.sum())
+    fresh = InvertibleLinear(6, generator=torch.Generator().manual_seed(1)).double()
+    w = fresh.weight()  # starts as a rotation
+    assert torch.allclose(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-6)

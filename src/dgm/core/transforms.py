@@ -36,6 +36,8 @@ __all__ = [
     "AffineCoupling",
     "Permutation",
     "ElementwiseAffine",
+    "ActNorm",
+    "InvertibleLinear",
     "Logit",
     "half_mask",
     "alternating_mask",
@@ -165,6 +167,8 @@ class AffineCoupling(Transform):
             where D_a = mask.sum(), D_b = D - D_a and C is the context width (0 without one).
         scale_bound: initial α.
         learn_scale_bound: make α a parameter.
+        affine: False gives NICE's additive coupling z_b = x_b + t (Dinh et al. 2015; Book
+            §4.1.3): volume preserving, the conditioner outputs the D_b shifts only.
     """
 
     event_dim = 1
@@ -176,8 +180,11 @@ class AffineCoupling(Transform):
         *,
         scale_bound: float = 1.0,
         learn_scale_bound: bool = True,
+        affine: bool = True,
     ) -> None:
         super().__init__()
+        self.affine = affine
+        self.volume_preserving = not affine
         mask = torch.as_tensor(mask, dtype=torch.bool)
         if mask.dim() != 1:
             raise ConfigError(f"mask must be 1-D, got shape {tuple(mask.shape)}")
@@ -194,13 +201,16 @@ class AffineCoupling(Transform):
         self.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
         self.conditioner = conditioner
         bound = torch.full((idx_b.numel(),), float(scale_bound))
-        if learn_scale_bound:
+        if learn_scale_bound and affine:
             self.scale_bound = nn.Parameter(bound)
         else:
             self.register_buffer("scale_bound", bound)
 
     def _scale_shift(self, x_a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x_a if c is None else torch.cat([x_a, c.reshape(c.shape[0], -1)], dim=1)
+        if not self.affine:
+            t = self.conditioner(h)
+            return torch.zeros_like(t), t
         raw_s, t = self.conditioner(h).chunk(2, dim=1)
         return self.scale_bound * torch.tanh(raw_s), t
 
@@ -334,3 +344,120 @@ class Logit(Transform):
     def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         u = torch.sigmoid(z)
         return (u - self.alpha) / (1.0 - 2.0 * self.alpha), -self._logabsdet(u)
+
+
+def _channel_view(t: Tensor, event_dim: int) -> Tensor:
+    """A per-channel vector (C,) shaped to broadcast over events of ``event_dim`` dimensions:
+    (C,) for flat vectors, (C, 1, 1) for (C, H, W) images."""
+    return t.reshape(-1, *([1] * (event_dim - 1)))
+
+
+def _positions(x: Tensor, event_dim: int) -> int:
+    """How many positions share one channel's parameters: 1 for flat, H·W for images."""
+    return math.prod(x.shape[x.dim() - event_dim + 1 :])
+
+
+class ActNorm(Transform):
+    r"""Per-channel affine map with data-dependent initialization (Glow; Kingma & Dhariwal 2018).
+
+        z = (x - b) ⊙ exp(-log σ),      log |det ∂z/∂x| = -(H W) Σ_c log σ_c,
+
+    with b and σ per channel (per coordinate for flat vectors), shared over the positions of an
+    image. The first call of :meth:`forward` in training mode (or :meth:`initialize`) sets them
+    to the mean and standard deviation of that batch, so the output starts standardized; after
+    that they are ordinary parameters. A model should call :meth:`initialize` from its
+    ``initialize_from_data`` (the trainer gives every process the same data there), so that
+    the processes of a distributed run start alike.
+
+    Args:
+        channels: C.
+        event_dim: 1 for flat vectors (N, C), 3 for images (N, C, H, W).
+    """
+
+    def __init__(self, channels: int, *, event_dim: int = 1) -> None:
+        super().__init__()
+        if event_dim not in (1, 3):
+            raise ConfigError(f"event_dim must be 1 or 3, got {event_dim}")
+        self.event_dim = event_dim
+        self.loc = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, *, min_scale: float = 1e-3) -> None:
+        """Set b and σ from a batch x so that z has zero mean and unit variance per channel."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, N·positions)
+        self.loc.copy_(flat.mean(dim=1))
+        self.log_scale.copy_(torch.log(flat.std(dim=1).clamp_min(min_scale)))
+        self.initialized.fill_(True)
+
+    def _logabsdet(self, x: Tensor) -> Tensor:
+        ld = -self.log_scale.sum() * _positions(x, self.event_dim)
+        return ld.expand(x.shape[0])
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        loc = _channel_view(self.loc, self.event_dim)
+        scale = _channel_view(self.log_scale, self.event_dim)
+        return (x - loc) * torch.exp(-scale), self._logabsdet(x)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        loc = _channel_view(self.loc, self.event_dim)
+        scale = _channel_view(self.log_scale, self.event_dim)
+        return z * torch.exp(scale) + loc, -self._logabsdet(z)
+
+
+class InvertibleLinear(Transform):
+    r"""An invertible linear map of the channels in LU form: Glow's invertible 1x1 convolution.
+
+        W = P L (U + diag(sign ⊙ exp(log|s|))),     log |det ∂z/∂x| = (H W) Σ_c log |s_c|,
+
+    P a fixed permutation, L unit lower-triangular and U strictly upper-triangular (learned),
+    s the learned diagonal, so the log-determinant costs O(C) instead of O(C³) (Kingma &
+    Dhariwal 2018, §3.2). Flat vectors (N, C) are multiplied by W; images (N, C, H, W) get W
+    at every pixel (a 1x1 convolution). Initialized from a random rotation.
+
+    Args:
+        channels: C.
+        event_dim: 1 for flat vectors, 3 for images.
+        generator: for the random initial rotation.
+    """
+
+    def __init__(
+        self, channels: int, *, event_dim: int = 1, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if event_dim not in (1, 3):
+            raise ConfigError(f"event_dim must be 1 or 3, got {event_dim}")
+        self.event_dim = event_dim
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator))
+        p, lower, upper = torch.linalg.lu(q)
+        diag = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("sign", torch.sign(diag))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.lower = nn.Parameter(lower * self.lower_mask)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(diag.abs()))
+
+    def weight(self) -> Tensor:
+        """W (C, C)."""
+        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
+        lower = self.lower * self.lower_mask + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
+
+    def _multiply(self, x: Tensor, w: Tensor) -> Tensor:
+        if self.event_dim == 1:
+            return x @ w.T
+        return torch.einsum("ij,njhw->nihw", w, x)
+
+    def _logabsdet(self, x: Tensor) -> Tensor:
+        return (self.log_s.sum() * _positions(x, self.event_dim)).expand(x.shape[0])
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._multiply(x, self.weight()), self._logabsdet(x)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._multiply(z, torch.linalg.inv(self.weight())), -self._logabsdet(z)
