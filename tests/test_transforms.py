@@ -13,6 +13,7 @@ from dgm.core.transforms import (
     ActNorm,
     AffineCoupling,
     InvertibleLinear,
+    MaskedAutoregressiveAffine,
     Compose,
     ElementwiseAffine,
     Inverse,
@@ -57,6 +58,7 @@ def _all_transforms() -> dict[str, Transform]:
         "additive_coupling": _coupling(half_mask(D), affine=False),
         "actnorm": _initialized(_randomize(ActNorm(D)).double()),
         "lu_linear": _randomize(InvertibleLinear(D), 0.3).double(),
+        "maf": _randomize(MaskedAutoregressiveAffine(D, 16, 2), 0.3).double(),
         "flip": Permutation.reverse(D),
         "random_perm": Permutation.random(D, generator=torch.Generator().manual_seed(3)),
         "elementwise": _elementwise(),
@@ -279,3 +281,11 @@ def test_lu_weight_determinant_matches_its_diagonal() -> None:
     fresh = InvertibleLinear(6, generator=torch.Generator().manual_seed(1)).double()
     w = fresh.weight()  # starts as a rotation
     assert torch.allclose(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-6)
+
+
+def test_maf_jacobian_is_lower_triangular() -> None:
+    t = _randomize(MaskedAutoregressiveAffine(D, 16, 2), 0.3).double()
+    x = torch.randn(D, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: t(v.unsqueeze(0))[0][0], x)
+    assert torch.count_nonzero(torch.triu(jac, diagonal=1)) == 0
+    assert torch.count_nonzero(torch.tril(jac, diagonal=-1)) > 0  # and not diagonal

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "CausalConv1d", "MaskedLinear"]
+__all__ = ["mlp", "CausalConv1d", "MaskedLinear", "made_network"]
 
 
 def mlp(
@@ -75,3 +76,34 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def made_network(
+    dim: int,
+    params: int,
+    hidden: int,
+    num_hidden: int,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
+    """A MADE (Germain et al. 2015): an MLP from D inputs to D·P outputs, d-major, whose masks
+    make output group d depend on inputs < d only.
+
+    Degrees: inputs 1..D, hidden units drawn in [1, D-1], output d has degree d; a hidden unit
+    sees a lower unit whose degree is <= its own, an output one whose degree is < its own.
+    """
+    degrees = torch.arange(1, dim + 1)
+    layers: list[nn.Module] = []
+    width = dim
+    for _ in range(num_hidden):
+        low = min(1, dim - 1)
+        hidden_degrees = torch.randint(low, max(dim, low + 1), (hidden,), generator=generator)
+        mask = (hidden_degrees.unsqueeze(1) >= degrees.unsqueeze(0)).float()
+        layers += [MaskedLinear(width, hidden, mask), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        degrees, width = hidden_degrees, hidden
+    out_degrees = torch.arange(1, dim + 1).repeat_interleave(params)  # (D * P,), d-major
+    mask = (out_degrees.unsqueeze(1) > degrees.unsqueeze(0)).float()
+    layers.append(MaskedLinear(width, dim * params, mask))
+    return nn.Sequential(*layers)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, LikelihoodHead, likelihood_head
-from dgm.core.nn import CausalConv1d, MaskedLinear
+from dgm.core.nn import CausalConv1d, made_network
 from dgm.core.registry import register_model
 from dgm.core.sampling import Sampling, draw_from_head
 from dgm.data.spec import DataKind, DataSpec
@@ -533,27 +533,6 @@ class MADEConfig:
         _check_common(self)
 
 
-def _masked_network(dim: int, params: int, hidden: int, num_hidden: int, dropout: float,
-                    generator: torch.Generator) -> nn.Sequential:
-    """MADE's masks from degrees: inputs 1..D, hidden units in [1, D-1], output d has degree d;
-    a unit sees a lower layer's unit when its degree is >= (hidden) or > (output) that one's."""
-    degrees = torch.arange(1, dim + 1)
-    layers: list[nn.Module] = []
-    width = dim
-    for _ in range(num_hidden):
-        low = min(1, dim - 1)
-        hidden_degrees = torch.randint(low, max(dim, low + 1), (hidden,), generator=generator)
-        mask = (hidden_degrees.unsqueeze(1) >= degrees.unsqueeze(0)).float()
-        layers += [MaskedLinear(width, hidden, mask), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        degrees, width = hidden_degrees, hidden
-    out_degrees = torch.arange(1, dim + 1).repeat_interleave(params)  # (D * P,), d-major
-    mask = (out_degrees.unsqueeze(1) > degrees.unsqueeze(0)).float()
-    layers.append(MaskedLinear(width, dim * params, mask))
-    return nn.Sequential(*layers)
-
-
 @register_model("made", MADEConfig)
 class MADE(AutoregressiveModel):
     r"""MADE: an MLP whose weights are masked so that output d sees inputs < d (Germain et al.
@@ -570,8 +549,8 @@ class MADE(AutoregressiveModel):
         self.config = config = config or MADEConfig()
         self.head = likelihood_head(spec, config.likelihood, config.num_components)
         gen = torch.Generator().manual_seed(config.seed)
-        self.net = _masked_network(spec.dim, self.head.num_params, config.hidden,
-                                   config.num_hidden, config.dropout, gen)
+        self.net = made_network(spec.dim, self.head.num_params, config.hidden,
+                                config.num_hidden, config.dropout, gen)
 
     def params(self, x: Tensor) -> Tensor:
         """θ_d(x_{<d}) for every position, shape (N, D, P) in raster order."""
