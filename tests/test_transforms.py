@@ -12,8 +12,10 @@ from dgm.core.nn import mlp
 from dgm.core.transforms import (
     ActNorm,
     AffineCoupling,
+    Householder,
     InvertibleLinear,
     MaskedAutoregressiveAffine,
+    Squeeze,
     Compose,
     ElementwiseAffine,
     Inverse,
@@ -59,6 +61,7 @@ def _all_transforms() -> dict[str, Transform]:
         "actnorm": _initialized(_randomize(ActNorm(D)).double()),
         "lu_linear": _randomize(InvertibleLinear(D), 0.3).double(),
         "maf": _randomize(MaskedAutoregressiveAffine(D, 16, 2), 0.3).double(),
+        "householder": _randomize(Householder(D, 3), 1.0).double(),
         "flip": Permutation.reverse(D),
         "random_perm": Permutation.random(D, generator=torch.Generator().manual_seed(3)),
         "elementwise": _elementwise(),
@@ -289,3 +292,19 @@ def test_maf_jacobian_is_lower_triangular() -> None:
     jac = torch.autograd.functional.jacobian(lambda v: t(v.unsqueeze(0))[0][0], x)
     assert torch.count_nonzero(torch.triu(jac, diagonal=1)) == 0
     assert torch.count_nonzero(torch.tril(jac, diagonal=-1)) > 0  # and not diagonal
+
+
+def test_householder_matrix_is_orthogonal() -> None:
+    t = _randomize(Householder(D, 4), 1.0).double()
+    w = t(torch.eye(D, dtype=torch.float64))[0]  # rows: images of the basis vectors
+    assert torch.allclose(w @ w.T, torch.eye(D, dtype=torch.float64), atol=1e-12)
+
+
+def test_squeeze_moves_each_patch_into_channels_and_inverts() -> None:
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
+    z, ld = Squeeze()(x)
+    assert z.shape == (2, 4, 2, 2) and torch.equal(ld, torch.zeros(2, dtype=torch.float64))
+    assert z[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]  # the top-left 2x2 patch
+    assert torch.equal(Squeeze().inverse(z)[0], x)
+    with pytest.raises(DataError):
+        Squeeze()(torch.zeros(1, 1, 3, 4))

@@ -40,6 +40,8 @@ __all__ = [
     "ActNorm",
     "InvertibleLinear",
     "MaskedAutoregressiveAffine",
+    "Squeeze",
+    "Householder",
     "Logit",
     "half_mask",
     "alternating_mask",
@@ -522,3 +524,63 @@ class MaskedAutoregressiveAffine(Transform):
             x[:, d] = z[:, d] * torch.exp(alpha[:, d]) + mu[:, d]
         _, alpha = self._shift_log_scale(x)
         return x, alpha.sum(dim=1)
+
+
+class Squeeze(Transform):
+    r"""Space-to-depth: (C, H, W) -> (4C, H/2, W/2), each 2x2 patch into the channels (RealNVP's
+    squeeze, Dinh et al. 2017 §3.6). A permutation of the coordinates: log |det| = 0."""
+
+    event_dim = 3
+    volume_preserving = True
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n, ch, h, w = x.shape
+        if h % 2 or w % 2:
+            raise DataError(f"squeeze needs an even height and width, got {h}x{w}")
+        z = x.reshape(n, ch, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return z.reshape(n, 4 * ch, h // 2, w // 2), _zeros(x, 3)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n, ch4, h, w = z.shape
+        if ch4 % 4:
+            raise DataError(f"unsqueeze needs channels divisible by 4, got {ch4}")
+        x = z.reshape(n, ch4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return x.reshape(n, ch4 // 4, 2 * h, 2 * w), _zeros(z, 3)
+
+
+class Householder(Transform):
+    r"""A product of K Householder reflections, z = H_K ... H_1 x with H_k = I - 2 v_k v_kᵀ / |v_k|²
+    (Tomczak & Welling 2016; Book §5.4.2.1). Each H_k is orthogonal and symmetric,
+    so the map is volume preserving (log |det| = 0) and its inverse applies the reflections in
+    the reverse order.
+
+    Args:
+        dim: D.
+        num_reflections: K.
+    """
+
+    event_dim = 1
+    volume_preserving = True
+
+    def __init__(self, dim: int, num_reflections: int = 2) -> None:
+        super().__init__()
+        if num_reflections < 1:
+            raise ConfigError(f"num_reflections must be >= 1, got {num_reflections}")
+        self.dim = dim
+        self.vectors = nn.Parameter(torch.randn(num_reflections, dim) / math.sqrt(dim))
+
+    @staticmethod
+    def _reflect(x: Tensor, v: Tensor) -> Tensor:
+        return x - 2.0 * (x @ v).unsqueeze(1) * v / (v @ v)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(x, self.dim, "x")
+        for v in self.vectors:
+            x = self._reflect(x, v)
+        return x, _zeros(x, 1)
+
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_flat(z, self.dim, "z")
+        for v in reversed(list(self.vectors)):
+            z = self._reflect(z, v)
+        return z, _zeros(z, 1)
