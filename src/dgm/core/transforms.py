@@ -528,7 +528,8 @@ class MaskedAutoregressiveAffine(Transform):
 
 class Squeeze(Transform):
     r"""Space-to-depth: (C, H, W) -> (4C, H/2, W/2), each 2x2 patch into the channels (RealNVP's
-    squeeze, Dinh et al. 2017 §3.6; Book §4.1.6). A permutation of the coordinates: log |det| = 0."""
+    squeeze, Dinh et al. 2017 §3.6; Book §4.1.6). A permutation of the coordinates, so
+    log |det| = 0."""
 
     event_dim = 3
     volume_preserving = True
