@@ -30,6 +30,7 @@ from common import RESULTS, machine, write_result  # noqa: E402
 from dgm.config import load_config  # noqa: E402
 from dgm.core.sampling import Sampling  # noqa: E402
 from dgm.data.dataset import load  # noqa: E402
+from dgm.data.tokenizers import decode_sequence  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
 from dgm.train.run import open_run  # noqa: E402
 from dgm.train.trainer import train  # noqa: E402
@@ -118,11 +119,8 @@ def run_one(name: str, budget_min: float, threads: int, n_samples: int, work: Pa
         from dgm.data.molecules import molecule_metrics
 
         x = model.sample(1000, generator=gen)
-        smiles = [tok.decode(r[: int(n)].tolist()) for r, n in zip(x, model.spec.lengths(x))]
-        train_smiles = {
-            tok.decode(r[: int(n)].tolist())
-            for r, n in zip(dataset.train.x.long(), model.spec.lengths(dataset.train.x.long()))
-        }
+        smiles = [decode_sequence(tok, r.tolist()) for r in x]
+        train_smiles = {decode_sequence(tok, r.tolist()) for r in dataset.train.x}
         m = molecule_metrics(smiles, train_smiles)
         row.update(valid=m.valid, unique=m.unique, novel=m.novel, among=m.among,
                    rec=next_token_accuracy(model, dataset.test.x.long()))

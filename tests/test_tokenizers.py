@@ -145,3 +145,11 @@ def test_char_encode_can_drop_unknown_characters() -> None:
 
     tok = CharTokenizer("abc ")
     assert tok.decode(tok.encode("a b\u00e9c!", errors="ignore")) == "a bc"
+
+
+def test_decode_sequence_stops_at_the_first_end_token() -> None:
+    from dgm.data.tokenizers import CharTokenizer, decode_sequence
+
+    tok = CharTokenizer("ab", end=True)
+    assert decode_sequence(tok, [0, 1, 2, 0, 2]) == "ab"
+    assert decode_sequence(tok, [1, 0]) == "ba"

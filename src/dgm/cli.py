@@ -219,14 +219,11 @@ def _sample_text(args: argparse.Namespace, run: Any, model: Any, tokenizer: Any)
     out = model.generate(
         prefix, steps, sampling=_sampling(args), generator=gen, use_cache=not args.no_cache
     )
-    texts = []
-    end = tokenizer.end_token
-    for row in out.tolist():
-        new = row[len(prompt_ids) :]
-        if end is not None and end in new:
-            new = new[: new.index(end)]
-        texts.append((args.prompt or "") + tokenizer.decode(new))
-    joined = "\n\n".join(texts) if end is None else "\n".join(texts)
+    from dgm.data.tokenizers import decode_sequence
+
+    texts = [(args.prompt or "") + decode_sequence(tokenizer, row[len(prompt_ids) :])
+             for row in out.tolist()]
+    joined = "\n\n".join(texts) if tokenizer.end_token is None else "\n".join(texts)
     if args.out:
         out_path = Path(args.out)
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +296,9 @@ def cmd_rag(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir)
     tokenizer = run.tokenizer()
     if tokenizer is None:
-        raise ConfigError(f"{args.run_dir} was not trained on text (no tokenizer); rag needs a GPT")
+        raise ConfigError(
+            f"{args.run_dir} was not trained on text (no tokenizer); rag needs a GPT"
+        )
     model = run.load_model(args.device or "cpu")
     store = DocumentStore.from_paths(args.docs, max_chars=args.passage_chars, overlap=args.overlap)
     rag = RetrievalAugmentedGenerator(TfidfRetriever(store), model, tokenizer)

@@ -543,11 +543,17 @@ class RetrievalAugmentedGenerator:
     """
 
     def __init__(
-        self, retriever: TfidfRetriever, model: Any, tokenizer: Any, *, template: str = DEFAULT_TEMPLATE
+        self,
+        retriever: TfidfRetriever,
+        model: Any,
+        tokenizer: Any,
+        *,
+        template: str = DEFAULT_TEMPLATE,
     ) -> None:
         if not hasattr(model, "generate") or not hasattr(model, "max_length"):
             raise ConfigError(f"{type(model).__name__} cannot continue a prompt (no generate())")
-        self.retriever, self.model, self.tokenizer, self.template = retriever, model, tokenizer, template
+        self.retriever, self.model = retriever, model
+        self.tokenizer, self.template = tokenizer, template
 
     def prompt_tokens(self, query: str, hits: Sequence[Hit], budget: int) -> tuple[str, list[int]]:
         """The longest prompt of the hits that encodes to at most ``budget`` tokens."""
@@ -578,8 +584,7 @@ class RetrievalAugmentedGenerator:
         prompt, ids = self.prompt_tokens(query, hits, budget)
         prefix = torch.tensor([ids], dtype=torch.long)
         out = self.model.generate(prefix, max_new_tokens, sampling=sampling, generator=generator)
-        new = out[0, len(ids) :].tolist()
-        end = self.tokenizer.end_token
-        if end is not None and end in new:
-            new = new[: new.index(end)]
-        return Answer(query, tuple(hits), self.tokenizer.decode(ids), self.tokenizer.decode(new))
+        from dgm.data.tokenizers import decode_sequence
+
+        text = decode_sequence(self.tokenizer, out[0, len(ids) :].tolist())
+        return Answer(query, tuple(hits), self.tokenizer.decode(ids), text)

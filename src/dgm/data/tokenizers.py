@@ -36,6 +36,7 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "Tokenizer",
+    "decode_sequence",
     "load_tokenizer",
     "save_tokenizer",
     "split_chunks",
@@ -344,6 +345,15 @@ class BPETokenizer:
 
 # ---------------------------------------------------------------------------------------------
 # Files
+
+
+def decode_sequence(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """The text of one generated sequence: ``ids`` up to (not including) the first end token."""
+    ids = [int(i) for i in ids]
+    end = tokenizer.end_token
+    if end is not None and end in ids:
+        ids = ids[: ids.index(end)]
+    return tokenizer.decode(ids)
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:

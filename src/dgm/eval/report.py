@@ -60,14 +60,12 @@ def _table(evals: list[Evaluation]) -> str:
     )
 
 
-def _texts(x: torch.Tensor, spec: Any, tokenizer: Any) -> str:
+def _texts(x: torch.Tensor, tokenizer: Any) -> str:
     """Token sequences decoded (up to each one's end token), one block each."""
-    lengths = spec.lengths(x)
-    items = "".join(
-        f"<pre>{html.escape(tokenizer.decode(row[: int(n)].tolist()))}</pre>"
-        for row, n in zip(x, lengths)
-    )
-    return items
+    from dgm.data.tokenizers import decode_sequence
+
+    texts = (html.escape(decode_sequence(tokenizer, row.tolist())) for row in x)
+    return "".join(f"<pre>{t}</pre>" for t in texts)
 
 
 def write_report(
@@ -101,9 +99,9 @@ def write_report(
     samples = model.sample(8 if tokenizer is not None else n_samples, generator=gen)
     parts.append("<h2>Samples</h2>")
     if tokenizer is not None:
-        parts.append("<p>T = 1, from the start token</p>" + _texts(samples, spec, tokenizer))
+        parts.append("<p>T = 1, from the start token</p>" + _texts(samples, tokenizer))
         real, _ = dataset.test.batch(slice(0, 4), spec)
-        parts.append("<h3>Test examples</h3>" + _texts(real, spec, tokenizer))
+        parts.append("<h3>Test examples</h3>" + _texts(real, tokenizer))
     elif spec.kind is DataKind.CONTINUOUS and spec.dim == 2:
         data, _ = dataset.test.all(spec)
         density = None

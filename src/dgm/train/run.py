@@ -125,10 +125,7 @@ def open_run(path: str | Path) -> Run:
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
     """``dgm.load(run_dir)``: the trained model with its best weights, in eval mode."""
-    run = open_run(run_dir)
-    if not (run.path / BEST).is_file():
-        raise CheckpointError(f"{run.path} has no trained weights yet ({BEST} missing)")
-    return run.load_model(device)
+    return open_run(run_dir).load_model(device)
 
 
 def build_run_model(
