@@ -85,16 +85,20 @@ def made_network(
     num_hidden: int,
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
+    *,
+    context: int = 0,
 ) -> nn.Sequential:
     """A MADE (Germain et al. 2015): an MLP from D inputs to D·P outputs, d-major, whose masks
     make output group d depend on inputs < d only.
 
     Degrees: inputs 1..D, hidden units drawn in [1, D-1], output d has degree d; a hidden unit
     sees a lower unit whose degree is <= its own, an output one whose degree is < its own.
+    ``context`` extra inputs, appended after the D coordinates ([x, c]), get degree 0: every
+    unit may see them, so a conditional MADE stays autoregressive in x.
     """
-    degrees = torch.arange(1, dim + 1)
+    degrees = torch.cat([torch.arange(1, dim + 1), torch.zeros(context, dtype=torch.long)])
     layers: list[nn.Module] = []
-    width = dim
+    width = dim + context
     for _ in range(num_hidden):
         low = min(1, dim - 1)
         hidden_degrees = torch.randint(low, max(dim, low + 1), (hidden,), generator=generator)
