@@ -56,13 +56,13 @@ def test_iwae_chunks_combine_exactly():
     class Replay:
         pos = 0
 
-        def log_weights(self, x, k, *, generator=None):
+        def log_weights(self, x, k, *, y=None, generator=None):
             out = weights[self.pos : self.pos + k]
             self.pos += k
             return out
 
     direct = -(torch.logsumexp(weights, 0) - math.log(37))
-    chunked = _iwae_nll(Replay(), torch.zeros(5, 1), 37, 8, None)
+    chunked = _iwae_nll(Replay(), torch.zeros(5, 1), None, 37, 8, None)
     assert torch.allclose(direct, chunked)
 
 

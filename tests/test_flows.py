@@ -97,7 +97,7 @@ def test_standardization_is_fitted_and_zero_init_couplings_are_identity() -> Non
     x = torch.randint(0, 17, (4000, 1, 2, 2))
     x[:, 0, 0, 0] = 0  # a constant pixel still gets a finite scale from the noise
     model.initialize_from_data(x, torch.Generator().manual_seed(0))
-    y = model._to_flow_space(x, torch.Generator().manual_seed(1))
+    y = model._to_flow_space(x, torch.rand(4000, 4, generator=torch.Generator().manual_seed(1)))
     z, logabsdet = model.flow(y)
     torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(4), atol=0.05, rtol=0)

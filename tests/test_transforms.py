@@ -17,7 +17,11 @@ from dgm.core.transforms import (
     MaskedAutoregressiveAffine,
     Squeeze,
     Compose,
+    ConvCoupling,
     ElementwiseAffine,
+    MultiScale,
+    channel_mask,
+    checkerboard_mask,
     Inverse,
     Logit,
     Permutation,
@@ -248,20 +252,45 @@ def test_bad_inputs_raise() -> None:
         _coupling(half_mask(D))(torch.randn(3, D + 1, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("kind", ["actnorm", "lu"])
+def _image_transform(kind: str, c: int, h: int, w: int) -> Transform:
+    if kind == "actnorm":
+        return _initialized(_randomize(ActNorm(c, event_dim=3)).double())
+    if kind == "lu":
+        return _randomize(InvertibleLinear(c, event_dim=3), 0.3).double()
+    if kind == "checkerboard":
+        return _randomize(ConvCoupling(checkerboard_mask(c, h, w), 8, context=2), 0.3).double()
+    if kind == "channel":
+        return _randomize(ConvCoupling(channel_mask(c, h, w), 8, context=2), 0.3).double()
+    if kind == "additive":
+        return _randomize(ConvCoupling(channel_mask(c, h, w), 8, affine=False), 0.3).double()
+    assert kind in ("glow", "realnvp")
+    t = MultiScale((c, h, w), levels=2, steps=2, hidden=8, kind=kind, context=2)
+    for m in t.modules():
+        if isinstance(m, ActNorm):
+            _initialized(m)
+    return _randomize(t, 0.2).double()
+
+
+@pytest.mark.parametrize(
+    "kind", ["actnorm", "lu", "checkerboard", "channel", "additive", "glow", "realnvp"]
+)
 def test_image_event_transforms_invert_and_count_every_pixel(kind: str) -> None:
     torch.manual_seed(0)
-    c, h, w = 3, 2, 2
-    if kind == "actnorm":
-        t = _initialized(_randomize(ActNorm(c, event_dim=3)).double())
-    else:
-        t = _randomize(InvertibleLinear(c, event_dim=3), 0.3).double()
+    c, h, w = 3, 4, 4
+    t = _image_transform(kind, c, h, w)
     x = torch.randn(4, c, h, w, dtype=torch.float64)
-    z, ld = t(x)
-    back, ld_inv = t.inverse(z)
-    assert torch.allclose(back, x, atol=1e-10) and torch.allclose(ld + ld_inv, torch.zeros(4, dtype=torch.float64))
-    for xn, ldn in zip(x, ld):
-        jac = torch.autograd.functional.jacobian(lambda v: t(v.unsqueeze(0))[0][0], xn)
+    ctx = torch.randn(4, 2, dtype=torch.float64)
+    z, ld = t(x, ctx)
+    back, ld_inv = t.inverse(z, ctx)
+    assert torch.allclose(back, x, atol=1e-10)
+    assert torch.allclose(ld + ld_inv, torch.zeros(4, dtype=torch.float64))
+    assert z.numel() == x.numel() and not torch.allclose(z.reshape(x.shape), x)
+    if kind == "additive":
+        assert torch.allclose(ld, torch.zeros(4, dtype=torch.float64))
+    for xn, ldn, cn in zip(x, ld, ctx):
+        jac = torch.autograd.functional.jacobian(
+            lambda v: t(v.unsqueeze(0), cn.unsqueeze(0))[0][0], xn
+        )
         expected = torch.linalg.slogdet(jac.reshape(c * h * w, c * h * w)).logabsdet
         assert torch.allclose(ldn, expected, atol=1e-9)
 
@@ -308,3 +337,49 @@ def test_squeeze_moves_each_patch_into_channels_and_inverts() -> None:
     assert torch.equal(Squeeze().inverse(z)[0], x)
     with pytest.raises(DataError):
         Squeeze()(torch.zeros(1, 1, 3, 4))
+
+
+def test_masks_have_the_checkerboard_and_channel_patterns() -> None:
+    board = checkerboard_mask(2, 3, 3)
+    assert board.shape == (2, 3, 3) and bool(board[0, 0, 0]) and not bool(board[0, 0, 1])
+    assert torch.equal(board[0], board[1]) and torch.equal(checkerboard_mask(2, 3, 3, parity=1), ~board)
+    ch = channel_mask(4, 2, 2)
+    assert ch[:2].all() and not ch[2:].any()
+
+
+def test_conv_coupling_leaves_masked_pixels_and_depends_on_context() -> None:
+    t = _image_transform("checkerboard", 1, 4, 4)
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    c1, c2 = torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64)
+    z1, _ = t(x, c1)
+    z2, _ = t(x, c2)
+    keep = checkerboard_mask(1, 4, 4).expand(3, 1, 4, 4)
+    assert torch.equal(z1[keep], x[keep])
+    assert not torch.allclose(z1[~keep], z2[~keep])
+    with pytest.raises(DataError):
+        t(x)
+
+
+def test_multiscale_factors_out_half_the_channels_per_level() -> None:
+    t = MultiScale((1, 8, 8), levels=3, steps=1, hidden=4, split_prior=False)
+    assert t.out_shapes == [(2, 4, 4), (4, 2, 2)] and t.kept_shapes[-1] == (16, 1, 1)
+    with torch.no_grad():
+        z, _ = t(torch.randn(2, 1, 8, 8))
+    assert z.shape == (2, 64)
+    with pytest.raises(ConfigError):
+        MultiScale((1, 6, 6), levels=2)
+
+
+def test_maf_with_context_stays_autoregressive_and_every_output_reads_the_context() -> None:
+    torch.manual_seed(0)
+    t = _randomize(MaskedAutoregressiveAffine(D, 32, 2, context=3), 0.3).double()
+    x = torch.randn(1, D, dtype=torch.float64)
+    c = torch.randn(1, 3, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: t(v.unsqueeze(0), c)[0][0], x[0])
+    assert torch.allclose(jac.triu(1), torch.zeros_like(jac))
+    xs, cs = torch.randn(50, D, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
+    z1, _ = t(xs, cs)
+    z2, _ = t(xs, cs + 1.0)
+    assert bool(((z1 - z2).abs() > 1e-6).any(0).all())  # the first coordinate included
+    back, _ = t.inverse(z1, cs)
+    assert torch.allclose(back, xs, atol=1e-10)

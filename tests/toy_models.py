@@ -92,7 +92,9 @@ class LogNormalBound(GenerativeModel):
     def exact_log_prob(self, x: Tensor) -> Tensor:
         return torch.full((x.shape[0],), -self.spec.dim * math.log(self.spec.num_levels), dtype=torch.float64)
 
-    def log_weights(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+    def log_weights(
+        self, x: Tensor, k: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         self.check_input(x)
         s = self.config.sigma
         eps = torch.randn(k, x.shape[0], generator=generator, dtype=torch.float64)

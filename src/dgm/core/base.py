@@ -123,9 +123,17 @@ class ImportanceWeighted(Protocol):
     """A model with a lower-bound likelihood that can give importance weights."""
 
     def log_weights(
-        self, x: Tensor, k: int, *, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for z_1..z_k ~ q(z | x); shape (k, N)."""
+        """log p(x, z_i) - log q(z_i | x) for z_1..z_k ~ q(z | x); shape (k, N).
+
+        ``y`` are the labels, which class-conditional models read (others ignore them).
+        """
         ...
 
 

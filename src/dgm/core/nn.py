@@ -71,7 +71,9 @@ class MaskedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, mask: Tensor, bias: bool = True):
         super().__init__(in_features, out_features, bias=bias)
         if mask.shape != (out_features, in_features):
-            raise ValueError(f"mask must have shape {(out_features, in_features)}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must have shape {(out_features, in_features)}, got {tuple(mask.shape)}"
+            )
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,13 +96,15 @@ def made_network(
     Degrees: inputs 1..D, hidden units drawn in [1, D-1], output d has degree d; a hidden unit
     sees a lower unit whose degree is <= its own, an output one whose degree is < its own.
     ``context`` extra inputs, appended after the D coordinates ([x, c]), get degree 0: every
-    unit may see them, so a conditional MADE stays autoregressive in x.
+    unit may see them, so a conditional MADE stays autoregressive in x; hidden degrees are
+    then drawn from [0, D-1], so that units of degree 0 (which read the context only) carry it
+    to the first output group too.
     """
     degrees = torch.cat([torch.arange(1, dim + 1), torch.zeros(context, dtype=torch.long)])
     layers: list[nn.Module] = []
     width = dim + context
     for _ in range(num_hidden):
-        low = min(1, dim - 1)
+        low = 0 if context else min(1, dim - 1)
         hidden_degrees = torch.randint(low, max(dim, low + 1), (hidden,), generator=generator)
         mask = (hidden_degrees.unsqueeze(1) >= degrees.unsqueeze(0)).float()
         layers += [MaskedLinear(width, hidden, mask), nn.ReLU()]

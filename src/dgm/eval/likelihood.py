@@ -105,23 +105,27 @@ def resolve_method(model: GenerativeModel, method: str) -> str:
     return method
 
 
-def _iwae_nll(model: Any, x: Tensor, k: int, chunk: int, generator: torch.Generator) -> Tensor:
+def _iwae_nll(
+    model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int, generator: torch.Generator
+) -> Tensor:
     total = None
     done = 0
     while done < k:
         m = min(chunk, k - done)
-        lse = torch.logsumexp(model.log_weights(x, m, generator=generator).double(), dim=0)
+        lse = torch.logsumexp(model.log_weights(x, m, y=y, generator=generator).double(), dim=0)
         total = lse if total is None else torch.logaddexp(total, lse)
         done += m
     return -(total - math.log(k))
 
 
-def _elbo_nll(model: Any, x: Tensor, k: int, chunk: int, generator: torch.Generator) -> Tensor:
+def _elbo_nll(
+    model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int, generator: torch.Generator
+) -> Tensor:
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     done = 0
     while done < k:
         m = min(chunk, k - done)
-        total += model.log_weights(x, m, generator=generator).double().sum(0)
+        total += model.log_weights(x, m, y=y, generator=generator).double().sum(0)
         done += m
     return -total / k
 
@@ -160,7 +164,7 @@ def per_example_nll(
                 else:
                     chunk = max(1, min(k, max_weights // max(1, x.shape[0])))
                     fn = _iwae_nll if method == "iwae" else _elbo_nll
-                    nll = fn(model, x, k, chunk, generator)
+                    nll = fn(model, x, y, k, chunk, generator)
                 out.append(nll.cpu())
     finally:
         model.train(was_training)

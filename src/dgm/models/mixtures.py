@@ -214,7 +214,12 @@ class MoG(GenerativeModel):
         return -self.log_prob(x, y)
 
     def log_weights(
-        self, x: Tensor, k: int, *, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""k importance log-weights per example: log p_Y((x + u_i)/L) - D log L, u_i ~ U[0,1)^D.
 

@@ -257,7 +257,12 @@ class VAE(GenerativeModel):
         return log_px_z.reshape(k, -1) + log_pz - q.log_prob(z)
 
     def log_weights(
-        self, x: Tensor, k: int, *, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         r"""log p_θ(x | z_i) + log p(z_i) - log q_φ(z_i | x), z_i ~ q_φ(z | x); shape (k, N).
 

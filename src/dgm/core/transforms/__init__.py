@@ -16,6 +16,26 @@ from dgm.core.transforms.elementwise import (
     Squeeze,
 )
 from dgm.core.transforms.householder import Householder
+from dgm.core.transforms.spline import (
+    MaskedAutoregressiveSpline,
+    SplineCoupling,
+    rational_quadratic_spline,
+)
+from dgm.core.transforms.sylvester import SYLVESTER_VARIANTS, Planar, Radial, Sylvester
+from dgm.core.transforms.residual import (
+    CLipSwish,
+    DenseNetResidual,
+    LipSwish,
+    LipschitzMLP,
+    ResidualBlock,
+    SpectralNormLinear,
+)
+from dgm.core.transforms.multiscale import (
+    ConvCoupling,
+    MultiScale,
+    channel_mask,
+    checkerboard_mask,
+)
 
 __all__ = [
     "Transform",
@@ -32,4 +52,21 @@ __all__ = [
     "Logit",
     "half_mask",
     "alternating_mask",
+    "ConvCoupling",
+    "MultiScale",
+    "channel_mask",
+    "checkerboard_mask",
+    "SplineCoupling",
+    "MaskedAutoregressiveSpline",
+    "rational_quadratic_spline",
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "SYLVESTER_VARIANTS",
+    "ResidualBlock",
+    "LipschitzMLP",
+    "DenseNetResidual",
+    "SpectralNormLinear",
+    "LipSwish",
+    "CLipSwish",
 ]
