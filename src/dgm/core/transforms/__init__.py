@@ -30,6 +30,11 @@ from dgm.core.transforms.residual import (
     ResidualBlock,
     SpectralNormLinear,
 )
+from dgm.core.transforms.integer import (
+    IntegerAdditiveCoupling,
+    IntegerPartitionCoupling,
+    round_ste,
+)
 from dgm.core.transforms.multiscale import (
     ConvCoupling,
     MultiScale,
@@ -69,4 +74,7 @@ __all__ = [
     "SpectralNormLinear",
     "LipSwish",
     "CLipSwish",
+    "IntegerAdditiveCoupling",
+    "IntegerPartitionCoupling",
+    "round_ste",
 ]
