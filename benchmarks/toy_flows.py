@@ -57,8 +57,8 @@ MODELS: dict[str, tuple[str, dict[str, Any], float]] = {
     "sylvester_orthogonal": ("sylvester", {"num_flows": 16, "variant": "orthogonal"}, 3e-3),
     "sylvester_householder": ("sylvester", {"num_flows": 16, "variant": "householder"}, 3e-3),
     "sylvester_triangular": ("sylvester", {"num_flows": 16, "variant": "triangular"}, 3e-3),
-    "resflow": ("resflow", {"num_blocks": 4, "hidden": 64}, 1e-3),
-    "densenet_flow": ("densenet_flow", {"num_blocks": 4, "growth": 16, "depth": 3}, 1e-3),
+    "resflow": ("resflow", {"num_blocks": 4, "hidden": 64}, 3e-3),
+    "densenet_flow": ("densenet_flow", {"num_blocks": 4, "growth": 16, "depth": 3}, 3e-3),
 }
 
 GRID = 200

@@ -19,7 +19,12 @@ from dgm.core.transforms import (
     Compose,
     ConvCoupling,
     ElementwiseAffine,
+    MaskedAutoregressiveSpline,
     MultiScale,
+    Planar,
+    Radial,
+    SplineCoupling,
+    Sylvester,
     channel_mask,
     checkerboard_mask,
     Inverse,
@@ -70,6 +75,17 @@ def _all_transforms() -> dict[str, Transform]:
         "random_perm": Permutation.random(D, generator=torch.Generator().manual_seed(3)),
         "elementwise": _elementwise(),
         "logit": Logit(0.05),
+        "spline_coupling": _randomize(
+            SplineCoupling.with_mlp(half_mask(D), 16, 1, num_bins=4, zero_init=False), 0.3
+        ).double(),
+        "spline_autoregressive": _randomize(
+            MaskedAutoregressiveSpline(D, 16, 1, num_bins=4), 0.3
+        ).double(),
+        "planar": _randomize(Planar(D), 0.8).double(),
+        "radial": _randomize(Radial(D), 0.8).double(),
+        "sylvester_orthogonal": _randomize(Sylvester(D, 3, "orthogonal"), 0.5).double(),
+        "sylvester_householder": _randomize(Sylvester(D, variant="householder"), 0.5).double(),
+        "sylvester_triangular": _randomize(Sylvester(D, variant="triangular"), 0.5).double(),
         "compose": Compose(
             [
                 _elementwise(),
@@ -342,7 +358,8 @@ def test_squeeze_moves_each_patch_into_channels_and_inverts() -> None:
 def test_masks_have_the_checkerboard_and_channel_patterns() -> None:
     board = checkerboard_mask(2, 3, 3)
     assert board.shape == (2, 3, 3) and bool(board[0, 0, 0]) and not bool(board[0, 0, 1])
-    assert torch.equal(board[0], board[1]) and torch.equal(checkerboard_mask(2, 3, 3, parity=1), ~board)
+    assert torch.equal(board[0], board[1])
+    assert torch.equal(checkerboard_mask(2, 3, 3, parity=1), ~board)
     ch = channel_mask(4, 2, 2)
     assert ch[:2].all() and not ch[2:].any()
 
