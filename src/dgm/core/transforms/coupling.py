@@ -8,7 +8,13 @@ from torch import Tensor, nn
 from dgm.core.errors import ConfigError
 from dgm.core.transforms.base import Transform, check_flat, zeros_logabsdet
 
-__all__ = ["AffineCoupling", "Permutation", "half_mask", "alternating_mask"]
+__all__ = [
+    "AffineCoupling",
+    "Permutation",
+    "half_mask",
+    "alternating_mask",
+    "register_mask_split",
+]
 
 
 def half_mask(dim: int, *, first: bool = True) -> Tensor:
@@ -21,6 +27,24 @@ def alternating_mask(dim: int, *, even: bool = True) -> Tensor:
     """Boolean mask of length ``dim`` that keeps the even (or odd) coordinates fixed."""
     mask = torch.arange(dim) % 2 == 0
     return mask if even else ~mask
+
+
+def register_mask_split(module: nn.Module, mask: Tensor) -> None:
+    """Check a coupling's boolean mask (D,) and store on ``module`` the buffers ``idx_a`` (the
+    fixed, conditioning coordinates, mask True), ``idx_b`` (the transformed ones) and
+    ``unsplit`` ([x_a, x_b][:, unsplit] puts every coordinate back in its place), and
+    ``module.dim`` = D."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if mask.dim() != 1:
+        raise ConfigError(f"mask must be 1-D, got shape {tuple(mask.shape)}")
+    if bool(mask.all()) or not bool(mask.any()):
+        raise ConfigError("mask must leave both parts non-empty")
+    idx_a = torch.nonzero(mask).squeeze(1)
+    idx_b = torch.nonzero(~mask).squeeze(1)
+    module.dim = int(mask.numel())
+    module.register_buffer("idx_a", idx_a)
+    module.register_buffer("idx_b", idx_b)
+    module.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
 
 
 class AffineCoupling(Transform):
@@ -63,22 +87,11 @@ class AffineCoupling(Transform):
         super().__init__()
         self.affine = affine
         self.volume_preserving = not affine
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.dim() != 1:
-            raise ConfigError(f"mask must be 1-D, got shape {tuple(mask.shape)}")
-        if bool(mask.all()) or not bool(mask.any()):
-            raise ConfigError("mask must leave both parts non-empty")
         if scale_bound <= 0:
             raise ConfigError(f"scale_bound must be positive, got {scale_bound}")
-        idx_a = torch.nonzero(mask).squeeze(1)
-        idx_b = torch.nonzero(~mask).squeeze(1)
-        self.dim = int(mask.numel())
-        self.register_buffer("idx_a", idx_a)
-        self.register_buffer("idx_b", idx_b)
-        # [x_a, x_b][:, unsplit] puts every coordinate back in its place.
-        self.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
+        register_mask_split(self, mask)
         self.conditioner = conditioner
-        bound = torch.full((idx_b.numel(),), float(scale_bound))
+        bound = torch.full((self.idx_b.numel(),), float(scale_bound))
         if learn_scale_bound and affine:
             self.scale_bound = nn.Parameter(bound)
         else:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.nn import made_network, mlp
 from dgm.core.transforms.base import Transform, check_flat
+from dgm.core.transforms.coupling import register_mask_split
 
 __all__ = [
     "rational_quadratic_spline",
@@ -253,18 +254,7 @@ class SplineCoupling(_SplineSettings, Transform):
     ) -> None:
         super().__init__()
         self._init_spline(num_bins, bound, min_bin_width, min_bin_height, min_derivative)
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.dim() != 1:
-            raise ConfigError(f"mask must be 1-D, got shape {tuple(mask.shape)}")
-        if bool(mask.all()) or not bool(mask.any()):
-            raise ConfigError("mask must leave both parts non-empty")
-        idx_a = torch.nonzero(mask).squeeze(1)
-        idx_b = torch.nonzero(~mask).squeeze(1)
-        self.dim = int(mask.numel())
-        self.register_buffer("idx_a", idx_a)
-        self.register_buffer("idx_b", idx_b)
-        # [x_a, x_b][:, unsplit] puts every coordinate back in its place.
-        self.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
+        register_mask_split(self, mask)
         self.conditioner = conditioner
 
     @classmethod
