@@ -23,6 +23,7 @@ __all__ = [
     "log_min_exp",
     "log_discretized_logistic",
     "log_mix_discretized_logistic",
+    "sample_mix_discretized_logistic",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -108,3 +109,25 @@ def log_mix_discretized_logistic(
     """
     comp = log_discretized_logistic(x.unsqueeze(-1), mean, log_scale, num_levels)
     return torch.logsumexp(F.log_softmax(logit_weights, dim=-1) + comp, dim=-1)
+
+
+def sample_mix_discretized_logistic(
+    logits: Tensor, loc: Tensor, log_scale: Tensor, *, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Integers z ~ Σ_k w_k DL(μ_k, s_k) on Z, one per leading index; parameters (..., K).
+
+    A component k ~ softmax(logits), then the logistic's inverse CDF μ + s (log u - log(1 - u))
+    with u ~ U(0, 1) clamped to [1e-6, 1 - 1e-6] (the book's sampler can hit log 0), rounded to
+    the nearest integer. Returns float integers of shape (...); a bounded support 0..L-1 is the
+    caller's clamp (the edge bins take the tails).
+    """
+    k = logits.shape[-1]
+    if k > 1:
+        probs = F.softmax(logits, dim=-1).reshape(-1, k)
+        pick = torch.multinomial(probs, 1, generator=generator).reshape(*logits.shape[:-1], 1)
+        loc = torch.gather(loc, -1, pick)
+        log_scale = torch.gather(log_scale, -1, pick)
+    loc, log_scale = loc[..., 0], log_scale[..., 0]
+    u = torch.rand(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+    u = u.clamp(1e-6, 1.0 - 1e-6)
+    return torch.round(loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u)))

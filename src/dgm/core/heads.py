@@ -24,6 +24,7 @@ from dgm.core.distributions import (
     log_discretized_logistic,
     log_mix_discretized_logistic,
     log_normal_diag,
+    sample_mix_discretized_logistic,
 )
 from dgm.core.errors import ConfigError
 from dgm.data.spec import DataKind, DataSpec
@@ -175,15 +176,12 @@ class DiscretizedLogisticHead(LikelihoodHead):
 
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         logits, mean, log_scale = self._split(params)
-        k = None
-        if logits is not None:
-            probs = F.softmax(logits, dim=-1).reshape(-1, self.num_components)
-            k = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
-        mean, log_scale = self._pick(logits, mean, k), self._pick(logits, log_scale, k)
-        u = torch.rand(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        u = u.clamp(1e-6, 1.0 - 1e-6)
-        y = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
-        return torch.round(y).clamp(0, self.num_levels - 1).long()
+        if logits is None:
+            logits, mean, log_scale = (
+                torch.zeros_like(mean).unsqueeze(-1), mean.unsqueeze(-1), log_scale.unsqueeze(-1)
+            )
+        y = sample_mix_discretized_logistic(logits, mean, log_scale, generator=generator)
+        return y.clamp(0, self.num_levels - 1).long()
 
     def mode(self, params: Tensor) -> Tensor:
         """The rounded mean of the most probable component (the exact mode has no closed form)."""

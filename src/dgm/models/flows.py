@@ -40,7 +40,6 @@ from dgm.core.dequantize import (
     VariationalDequantizer,
     dequantization_log_jacobian,
     quantize,
-    uniform_dequantize,
 )
 from dgm.core.distributions import log_standard_normal, sum_except_batch
 from dgm.core.errors import ConfigError, DataError
@@ -273,14 +272,11 @@ class FlowModel(GenerativeModel):
         return F.one_hot(y.long(), self.num_classes).to(self._dtype)
 
     def _to_flow_space(self, x: Tensor, noise: Tensor | None) -> Tensor:
-        """Data (N, *event) to the continuous y the flow models; discrete x gets the noise
-        ``noise`` (N, D) in [0, 1) (uniform draws when it is None)."""
+        """Data (N, *event) to the continuous y the flow models; discrete x gets the
+        dequantization noise ``noise`` (N, D) in [0, 1), y = (x + u) / L."""
         if self.dequantized:
-            assert self.spec.num_levels is not None
-            if noise is None:
-                x = uniform_dequantize(x, self.spec.num_levels)
-            else:
-                x = (x.reshape(x.shape[0], -1).to(noise.dtype) + noise) / self.spec.num_levels
+            assert self.spec.num_levels is not None and noise is not None
+            x = (x.reshape(x.shape[0], -1).to(noise.dtype) + noise) / self.spec.num_levels
         return x.reshape(x.shape[0], *self.flow_shape).to(self._dtype)
 
     def log_density(self, y: Tensor, c: Tensor | None = None) -> Tensor:
@@ -412,23 +408,31 @@ class RealNVPConfig(_StackConfig):
 
 
 def _coupling_body(
-    dim: int, context: int, config: RealNVPConfig, *, affine: bool = True
+    dim: int,
+    context: int,
+    config: _StackConfig,
+    *,
+    mask_kind: str,
+    affine: bool = True,
+    scale_bound: float = 1.0,
+    learn_scale_bound: bool = True,
+    zero_init: bool = True,
 ) -> Compose:
     """Couplings, each followed by a permutation, so that every coordinate gets transformed."""
     generator = torch.Generator().manual_seed(config.seed)
     layers: list[Transform] = []
     for k in range(config.num_flows):
-        if config.mask == "half":
+        if mask_kind == "half":
             mask = half_mask(dim)
         else:
             mask = alternating_mask(dim, even=k % 2 == 0)
         d_a = int(mask.sum())
         net = mlp(d_a + context, config.hidden, (2 if affine else 1) * (dim - d_a),
                   num_hidden=config.num_hidden, dropout=config.dropout)
-        if config.zero_init:
+        if zero_init:
             _zero_last(net)
-        layers.append(AffineCoupling(mask, net, scale_bound=config.scale_bound,
-                                     learn_scale_bound=config.learn_scale_bound, affine=affine))
+        layers.append(AffineCoupling(mask, net, scale_bound=scale_bound,
+                                     learn_scale_bound=learn_scale_bound, affine=affine))
         layers.append(_permutation(dim, config, generator))
     return Compose(layers)
 
@@ -459,7 +463,10 @@ class RealNVP(FlowModel):
 
     def __init__(self, spec: DataSpec, config: RealNVPConfig | None = None) -> None:
         config = config or RealNVPConfig()
-        super().__init__(spec, config, lambda dim, ctx: _coupling_body(dim, ctx, config))
+        super().__init__(spec, config, lambda dim, ctx: _coupling_body(
+            dim, ctx, config, mask_kind=config.mask, scale_bound=config.scale_bound,
+            learn_scale_bound=config.learn_scale_bound, zero_init=config.zero_init,
+        ))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -497,18 +504,10 @@ class NICE(FlowModel):
         config = config or NICEConfig()
 
         def body(dim: int, ctx: int) -> Transform:
-            couplings = _coupling_body(
-                dim, ctx, RealNVPConfig(**_stack_fields(config), mask=config.mask), affine=False
-            )
+            couplings = _coupling_body(dim, ctx, config, mask_kind=config.mask, affine=False)
             return Compose([*couplings, ElementwiseAffine((dim,), learnable=True)])
 
         super().__init__(spec, config, body)
-
-
-def _stack_fields(config: _StackConfig) -> dict:
-    """The :class:`_StackConfig` fields of a config, to build a sibling config from."""
-    names = _StackConfig.__dataclass_fields__
-    return {name: getattr(config, name) for name in names}
 
 
 # --- MAF and IAF ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import (
     log_discretized_logistic,
     log_mix_discretized_logistic,
+    sample_mix_discretized_logistic,
     sum_except_batch,
 )
 from dgm.core.errors import ConfigError
@@ -50,30 +51,7 @@ __all__ = [
     "IDF",
     "DiscretizedLogisticBase",
     "FactorOutBase",
-    "sample_mix_discretized_logistic",
 ]
-
-
-def sample_mix_discretized_logistic(
-    logits: Tensor, loc: Tensor, log_scale: Tensor, *, generator: torch.Generator | None = None
-) -> Tensor:
-    r"""Integers z ~ Σ_k w_k DL(μ_k, s_k) on Z, one per leading index; parameters (..., K).
-
-    A component k ~ softmax(logits), then the logistic's inverse CDF μ + s (log u - log(1 - u))
-    with u ~ U(0, 1) clamped away from 0 and 1 (the book's sampler can hit log 0), rounded to
-    the nearest integer. Returns float integers of shape (...).
-    """
-    k = logits.shape[-1]
-    if k > 1:
-        probs = F.softmax(logits, dim=-1).reshape(-1, k)
-        pick = torch.multinomial(probs, 1, generator=generator).reshape(*logits.shape[:-1], 1)
-        loc = torch.gather(loc, -1, pick)
-        log_scale = torch.gather(log_scale, -1, pick)
-    loc, log_scale = loc[..., 0], log_scale[..., 0]
-    u = torch.rand(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
-    eps = torch.finfo(u.dtype).eps
-    u = u.clamp(eps, 1.0 - eps)
-    return torch.round(loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u)))
 
 
 class DiscretizedLogisticBase(nn.Module):
