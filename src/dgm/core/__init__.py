@@ -1,6 +1,13 @@
 """Contracts and helpers shared by every family."""
 
-from dgm.core.base import ExpectationMaximization, Fit, GenerativeModel, ImportanceWeighted, Likelihood
+from dgm.core.base import (
+    ExpectationMaximization,
+    Fit,
+    GenerativeModel,
+    ImportanceWeighted,
+    LatentVariable,
+    Likelihood,
+)
 from dgm.core.errors import CheckpointError, ConfigError, DataError, DgmError, TrainingError
 from dgm.core.registry import build_model, model_entry, model_names, register_model
 
@@ -10,6 +17,7 @@ __all__ = [
     "Fit",
     "ImportanceWeighted",
     "ExpectationMaximization",
+    "LatentVariable",
     "DgmError",
     "ConfigError",
     "DataError",

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from dgm.core.errors import ConfigError
 from dgm.data.spec import DataKind, DataSpec
 
-__all__ = ["Likelihood", "Fit", "GenerativeModel", "ImportanceWeighted", "ExpectationMaximization"]
+__all__ = [
+    "Likelihood",
+    "Fit",
+    "GenerativeModel",
+    "ImportanceWeighted",
+    "ExpectationMaximization",
+    "LatentVariable",
+]
 
 
 class Likelihood(str, Enum):
@@ -155,4 +162,34 @@ class ExpectationMaximization(Protocol):
 
     def em_maximize(self) -> None:
         """M-step from the accumulated statistics."""
+        ...
+
+
+@runtime_checkable
+class LatentVariable(Protocol):
+    """A latent-variable model whose inside the report can show (Book §5.4.1.2, §5.5.2).
+
+    Levels are numbered from the data up: level 0 is the latent the decoder reads, the last is
+    the top of the hierarchy (a one-level VAE has one level).
+    """
+
+    def latent_means(self, x: Tensor) -> list[Tensor]:
+        """E_q[z_l | x] per level (or the posterior's location), each (N, M_l).
+
+        Used for active units: A_u = Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, §5.2).
+        """
+        ...
+
+    def kl_per_level(self, x: Tensor) -> list[Tensor]:
+        """The regularizer of each level, each (N,): the KL in closed form where there is one,
+        else its one-sample estimate log q - log p; they sum to the ELBO's regularizer."""
+        ...
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) of the top level, z (N, M_top) -> (N,)."""
+        ...
+
+    def decode_top(self, z: Tensor) -> Tensor:
+        """The most probable example for top-level latents z (N, M_top), lower levels (if any)
+        set to their prior means; shape (N, *event_shape) in the data's dtype."""
         ...

@@ -20,6 +20,8 @@ __all__ = [
     "log_bernoulli",
     "log_normal_diag",
     "log_standard_normal",
+    "kl_normal_diag",
+    "kl_standard_normal",
     "log_min_exp",
     "log_discretized_logistic",
     "log_mix_discretized_logistic",
@@ -60,6 +62,26 @@ def log_normal_diag(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
 def log_standard_normal(x: Tensor) -> Tensor:
     r"""log N(x | 0, 1) = -½ log 2π - ½ x², element-wise."""
     return -0.5 * (LOG_2PI + x**2)
+
+
+def kl_normal_diag(
+    mean_q: Tensor, log_var_q: Tensor, mean_p: Tensor, log_var_p: Tensor
+) -> Tensor:
+    r"""KL[N(μ_q, σ_q²) || N(μ_p, σ_p²)] element-wise (Book §5.5.2.2):
+
+        ½ (log σ_p² - log σ_q² + (σ_q² + (μ_q - μ_p)²) / σ_p² - 1).
+
+    With q = N(μ + Δμ, σ² Δσ²) and p = N(μ, σ²) this is NVAE's ½ (Δμ²/σ² + Δσ² - log Δσ² - 1).
+    """
+    return 0.5 * (
+        log_var_p - log_var_q + (torch.exp(log_var_q) + (mean_q - mean_p) ** 2)
+        * torch.exp(-log_var_p) - 1.0
+    )
+
+
+def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
+    r"""KL[N(μ, σ²) || N(0, 1)] = ½ (μ² + σ² - log σ² - 1), element-wise (Book Eq. 5.31)."""
+    return 0.5 * (mean**2 + torch.exp(log_var) - log_var - 1.0)
 
 
 def log_min_exp(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:

@@ -5,3 +5,4 @@ from dgm.models import autoregressive, mixtures  # noqa: F401
 from dgm.models import pixelcnn  # noqa: F401
 from dgm.models import transformer  # noqa: F401
 from dgm.models import idf  # noqa: F401
+from dgm.models import ppca, hvae, vqvae  # noqa: F401
