@@ -24,7 +24,7 @@ __all__ = ["kl_weight", "free_bits", "iwae_loss"]
 
 
 def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
-    r"""β · min(1, (step + 1) / warmup_steps): the KL weight at optimizer step ``step`` (0-based)."""
+    r"""β · min(1, (step + 1) / warmup_steps): the KL weight at optimizer step ``step`` (from 0)."""
     if warmup_steps < 0:
         raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if warmup_steps == 0:

@@ -1,13 +1,19 @@
-r"""The variational auto-encoder: a Gaussian encoder, a decoder likelihood and a N(0, I) prior.
+r"""The variational auto-encoder with any prior and posterior of Book §5.3-5.4.
 
-For a latent z ∈ R^M with prior p(z) = N(0, I), decoder p_θ(x | z) and amortized posterior
-q_φ(z | x) = N(μ_φ(x), diag σ²_φ(x)) (Book §5.3.1-5.3.4, Eq. 5.11-5.31),
+For a latent z with prior p_λ(z), decoder p_θ(x | z) and amortized posterior q_φ(z | x)
+(Book §5.3.1-5.3.4, Eq. 5.11-5.31),
 
-    log p(x) >= ELBO(x) = E_q[log p_θ(x | z)] - KL[q_φ(z | x) || p(z)],
+    log p(x) >= ELBO(x) = E_q[log p_θ(x | z)] - KL[q_φ(z | x) || p_λ(z)],
 
-with z = μ + σ ⊙ ε, ε ~ N(0, I) (the reparameterization trick, Eq. 5.30). The importance
-weights log w = log p_θ(x | z) + log p(z) - log q_φ(z | x), z ~ q, give the ELBO as their mean
-and the tighter IWAE(k) bound as log (1/k) Σ_i w_i (Eq. 5.32).
+with reparameterized draws z (Eq. 5.30). The importance weights log w = log p_θ(x | z) +
+log p_λ(z) - log q_φ(z | x), z ~ q, give the ELBO as their mean and the tighter IWAE(k) bound as
+log (1/k) Σ_i w_i (Eq. 5.32). The prior is one of :mod:`dgm.models.priors` (standard, mixture
+of Gaussians, VampPrior, GTM, GTM-VampPrior, RealNVP flow) and the posterior one of
+:mod:`dgm.models.posteriors` (diagonal Gaussian, Householder, Sylvester and IAF flows, or a von
+Mises-Fisher on the sphere with the uniform prior, Book §5.4.2.3).
+
+Training objectives (:mod:`dgm.core.objectives`): the negative ELBO, a β-weighted KL
+(β-VAE), KL warm-up, free bits, or the IWAE(k) bound itself.
 
 The decoder likelihood follows the data: categorical over the levels for discrete data (Eq.
 5.27), Bernoulli for binary data, a Gaussian with a learned per-coordinate variance for
@@ -23,19 +29,27 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.distributions import log_normal_diag, log_standard_normal
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, likelihood_head
 from dgm.core.nn import mlp
+from dgm.core.objectives import free_bits, iwae_loss, kl_weight
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
+from dgm.models.posteriors import (
+    AmortizedPosterior,
+    GaussianPosterior,
+    PosteriorConfig,
+    PosteriorDraw,
+    build_posterior,
+)
+from dgm.models.priors import Prior, PriorConfig, build_prior
 
 __all__ = [
     "VAEConfig",
@@ -45,46 +59,22 @@ __all__ = [
 ]
 
 
-
-# --------------------------------------------------------------------------- posterior, terms
-
-
-@dataclass(frozen=True)
-class GaussianPosterior:
-    """q(z | x) = N(mean, diag exp(log_var)); tensors of shape (N, M)."""
-
-    mean: Tensor
-    log_var: Tensor
-
-    def rsample(self, k: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """k reparameterized draws z = μ + σ ⊙ ε (Eq. 5.30); shape (k, N, M)."""
-        eps = torch.randn(
-            (k, *self.mean.shape),
-            generator=generator,
-            dtype=self.mean.dtype,
-            device=self.mean.device,
-        )
-        return self.mean + torch.exp(0.5 * self.log_var) * eps
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log q(z | x) summed over the latent coordinates; z (..., N, M) -> (..., N)."""
-        return log_normal_diag(z, self.mean, self.log_var).sum(dim=-1)
-
-    def kl_standard_normal(self) -> Tensor:
-        r"""KL[N(μ, σ²) || N(0, I)] = ½ Σ_m (μ² + σ² - log σ² - 1), shape (N,)."""
-        return 0.5 * (self.mean**2 + torch.exp(self.log_var) - self.log_var - 1.0).sum(dim=-1)
-
-
 @dataclass(frozen=True)
 class ELBOTerms:
     """Single-sample parts of the negative ELBO per example, in nats.
 
-    ``reconstruction`` = -log p(x | z) at z ~ q(z | x); ``kl`` = KL[q(z | x) || p(z)], either in
-    closed form or as the one-sample estimate log q(z | x) - log p(z) at the same z.
+    ``reconstruction`` = -log p(x | z) at z ~ q(z | x); ``kl_groups`` (N, G) = KL[q(z | x) ||
+    p(z)] per group of latent units: in closed form per unit where the posterior and prior
+    allow it (G = M), else the one-sample estimate log q(z | x) - log p(z) at the same z (G = 1).
     """
 
     reconstruction: Tensor
-    kl: Tensor
+    kl_groups: Tensor
+
+    @property
+    def kl(self) -> Tensor:
+        """The whole KL per example, (N,)."""
+        return self.kl_groups.sum(dim=-1)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -95,17 +85,24 @@ class VAEConfig:
     """Configuration of :class:`VAE`.
 
     Args:
-        latent_dim: M, the size of z.
+        latent_dim: M, the size of z (the ambient dimension for the sphere of a vMF posterior).
         hidden: width of the encoder and decoder MLPs.
         num_hidden: hidden layers in each MLP (the book's Listing 5.5 uses 2).
         dropout: dropout rate inside both MLPs (a regularizer for small data).
         likelihood: the decoder likelihood: ``"auto"`` (from the data kind), ``"categorical"``,
             ``"bernoulli"``, ``"gaussian"`` or ``"discretized_logistic"``.
         num_components: mixture components of the discretized logistic (1: a single one).
-        analytic_kl: use the closed-form KL in the training loss (lower variance). Evaluation
-            through ``log_weights`` always uses the Monte-Carlo weights.
+        prior: the prior p_λ(z) (:class:`~dgm.models.priors.PriorConfig`).
+        posterior: the posterior q_φ(z | x) (:class:`~dgm.models.posteriors.PosteriorConfig`).
+        analytic_kl: use the closed-form KL in the training loss where the posterior and prior
+            have one (lower variance). Evaluation through ``log_weights`` always uses the
+            Monte-Carlo weights.
         beta: weight of the KL term in the loss. beta = 1 gives the negative ELBO; any other
             value (a beta-VAE) is *not* a bound on -log p(x), and the loss is then not an NLL.
+        warmup_steps: KL warm-up: the KL weight rises linearly from 0 to beta over this many
+            optimizer steps (0: none).
+        free_bits: λ, nats per latent unit below which the KL is not penalized (0: none).
+        iwae_k: train on the IWAE(k) bound (k > 1) instead of the ELBO.
         init_from_data: set the decoder's output bias to each coordinate's marginal fitted on
             the training data, so that training starts at the independent-pixel model.
     """
@@ -118,8 +115,13 @@ class VAEConfig:
         "auto", "categorical", "bernoulli", "gaussian", "discretized_logistic"
     ] = "auto"
     num_components: int = 1
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     analytic_kl: bool = True
     beta: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
+    iwae_k: int = 1
     init_from_data: bool = True
 
     def __post_init__(self) -> None:
@@ -140,19 +142,35 @@ class VAEConfig:
             raise ConfigError(f"model.num_components must be >= 1, got {self.num_components}")
         if not self.beta >= 0.0:
             raise ConfigError(f"model.beta must be >= 0, got {self.beta}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"model.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.free_bits >= 0.0:
+            raise ConfigError(f"model.free_bits must be >= 0, got {self.free_bits}")
+        if self.iwae_k < 1:
+            raise ConfigError(f"model.iwae_k must be >= 1, got {self.iwae_k}")
+        if self.iwae_k > 1 and (self.beta != 1.0 or self.warmup_steps or self.free_bits):
+            raise ConfigError(
+                "model.iwae_k > 1 trains on the IWAE bound itself; it does not combine with "
+                "beta, warmup_steps or free_bits"
+            )
+        if self.posterior.kind == "vmf" and self.prior.kind != "standard":
+            raise ConfigError(
+                "a vMF posterior lives on the sphere and pairs with the uniform prior there: "
+                "set model.prior.kind to 'standard' (the uniform on the sphere)"
+            )
 
 
 @register_model("vae", VAEConfig)
 class VAE(GenerativeModel):
-    r"""Variational auto-encoder with a Gaussian encoder and a N(0, I) prior (Book §5.3).
+    r"""Variational auto-encoder (Book §5.3-5.4) with a configurable prior and posterior.
 
-        ELBO(x) = E_{q(z|x)}[log p_θ(x | z)] - KL[q_φ(z | x) || N(0, I)]      (Eq. 5.17, 5.31)
+        ELBO(x) = E_{q(z|x)}[log p_θ(x | z)] - KL[q_φ(z | x) || p_λ(z)]      (Eq. 5.17, 5.31)
 
     ``log_prob`` is a one-sample ELBO estimate (a stochastic lower bound on log p(x));
     ``log_weights`` gives k importance weights for the ELBO and IWAE(k) bounds (Eq. 5.32);
-    ``loss`` is the negative ELBO (with ``beta`` != 1 a weighted objective, not a bound).
+    ``loss`` is the training objective of the config (the negative ELBO by default).
     The encoder reads x scaled to [0, 1] (discrete and binary data) or standardized with the
-    training statistics (continuous data).
+    training statistics (continuous data) and outputs the posterior's parameters.
 
     Args:
         spec: the data spec; any event shape, flattened to D = ``spec.dim`` coordinates.
@@ -172,6 +190,7 @@ class VAE(GenerativeModel):
         Kingma, Welling. Auto-Encoding Variational Bayes. ICLR 2014, arXiv:1312.6114.
         Burda, Grosse, Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016,
         arXiv:1509.00519.
+        Tomczak, Welling. VAE with a VampPrior. AISTATS 2018, arXiv:1705.07120.
     """
 
     likelihood = Likelihood.LOWER_BOUND
@@ -183,10 +202,11 @@ class VAE(GenerativeModel):
         self.dim = spec.dim
         self.latent_dim = config.latent_dim
         self.head = likelihood_head(spec, config.likelihood, config.num_components)
+        self.posterior: AmortizedPosterior = build_posterior(config.posterior, config.latent_dim)
         self.encoder = mlp(
             self.dim,
             config.hidden,
-            2 * config.latent_dim,
+            self.posterior.num_params,
             num_hidden=config.num_hidden,
             dropout=config.dropout,
         )
@@ -197,25 +217,42 @@ class VAE(GenerativeModel):
             num_hidden=config.num_hidden,
             dropout=config.dropout,
         )
+        self.prior: Prior = build_prior(
+            config.prior,
+            config.latent_dim,
+            input_dim=self.dim,
+            encoder=self._gaussian_of_scaled,
+            bounded_inputs=spec.kind is not DataKind.CONTINUOUS,
+            posterior=config.posterior.kind,
+        )
         # Encoder input (x - loc) / scale: [0, 1] for integer data, fitted for continuous.
         scale = 1.0 if spec.num_levels is None else float(spec.num_levels - 1)
         self.register_buffer("input_loc", torch.zeros(self.dim))
         self.register_buffer("input_scale", torch.full((self.dim,), scale))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     # --- the two networks
 
     def _flat(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], self.dim)
 
-    def encode(self, x: Tensor) -> GaussianPosterior:
-        """q_φ(z | x) = N(μ_φ(x), diag σ²_φ(x)) (Eq. 5.28); x (N, *event) -> (N, M) each."""
-        self.check_input(x)
-        return self._encode(self._flat(x))
+    def _scaled(self, x: Tensor) -> Tensor:
+        return (x.to(self.input_scale.dtype) - self.input_loc) / self.input_scale
 
-    def _encode(self, x: Tensor) -> GaussianPosterior:
-        h = (x.to(self.input_scale.dtype) - self.input_loc) / self.input_scale
-        mean, log_var = self.encoder(h).chunk(2, dim=-1)
-        return GaussianPosterior(mean, log_var)
+    def _params(self, x: Tensor) -> Tensor:
+        """The posterior's parameters e(x), (N, P), for flat x in the data space."""
+        return self.encoder(self._scaled(x))
+
+    def _gaussian_of_scaled(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        # The VampPrior's view of the encoder: inputs already in the encoder's space.
+        q = self.posterior.gaussian(self.encoder(u))
+        return q.mean, q.log_var
+
+    def encode(self, x: Tensor) -> GaussianPosterior:
+        """The Gaussian q_φ(z | x) = N(μ_φ(x), diag σ²_φ(x)) (Eq. 5.28), or a flow posterior's
+        base q_0; x (N, *event) -> (N, M) each."""
+        self.check_input(x)
+        return self.posterior.gaussian(self._params(self._flat(x)))
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder parameters θ(z), shape (N, *event_shape, P).
@@ -233,8 +270,9 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
-        """Fit the encoder's input standardization (continuous data) and the decoder's output
-        bias to the per-coordinate marginals of the training data (if ``init_from_data``)."""
+        """Fit the encoder's input standardization (continuous data), the decoder's output
+        bias to the per-coordinate marginals (if ``init_from_data``), and the prior's
+        data-dependent parts (VampPrior pseudo-inputs from training examples)."""
         self.check_input(x)
         x = self._flat(x)
         if self.spec.kind is DataKind.CONTINUOUS:
@@ -245,16 +283,19 @@ class VAE(GenerativeModel):
             last = self.decoder[-1]
             assert isinstance(last, nn.Linear)
             last.bias.copy_(self.head.marginal_params(x).reshape(-1))
+        self.prior.initialize_from_data(self._scaled(x), generator)
 
     # --- bounds
 
-    def _log_weights(self, x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-        q = self._encode(x)
-        z = q.rsample(k, generator=generator)  # (k, N, M)
+    def _draw(self, x: Tensor, k: int, generator: torch.Generator | None) -> tuple[
+        Tensor, PosteriorDraw, Tensor
+    ]:
+        """Encoder outputs, k posterior draws, and log p(x | z) (k, N), for flat x."""
+        params = self._params(x)
+        draw = self.posterior.rsample(params, k, generator=generator)
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], self.dim)
-        log_px_z = self.head.log_prob(xk, self._decode(z.reshape(-1, self.latent_dim)))
-        log_pz = log_standard_normal(z).sum(dim=-1)
-        return log_px_z.reshape(k, -1) + log_pz - q.log_prob(z)
+        log_px_z = self.head.log_prob(xk, self._decode(draw.z.reshape(-1, self.latent_dim)))
+        return params, draw, log_px_z.reshape(k, -1)
 
     def log_weights(
         self,
@@ -264,42 +305,88 @@ class VAE(GenerativeModel):
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        r"""log p_θ(x | z_i) + log p(z_i) - log q_φ(z_i | x), z_i ~ q_φ(z | x); shape (k, N).
+        r"""log p_θ(x | z_i) + log p_λ(z_i) - log q_φ(z_i | x), z_i ~ q_φ(z | x); shape (k, N).
 
         Their mean over i estimates the ELBO; log (1/k) Σ_i exp(·) is the IWAE(k) bound.
         """
         self.check_input(x)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
-        return self._log_weights(self._flat(x), k, generator)
+        _, draw, log_px_z = self._draw(self._flat(x), k, generator)
+        return log_px_z + self.prior.log_prob(draw.z) - draw.log_q
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """One-sample Monte-Carlo ELBO per example, a stochastic lower bound on log p(x)."""
         return self.log_weights(x, 1)[0]
 
     def elbo_terms(self, x: Tensor, *, generator: torch.Generator | None = None) -> ELBOTerms:
-        """Reconstruction -log p(x | z) at one z ~ q(z | x), and the KL (closed form if
-        ``analytic_kl``, else log q(z | x) - log p(z) at the same z)."""
+        """Reconstruction -log p(x | z) at one z ~ q(z | x), and the KL per group of units
+        (closed form if ``analytic_kl`` and available, else log q(z | x) - log p(z) at z)."""
         self.check_input(x)
-        x = self._flat(x)
-        q = self._encode(x)
-        z = q.rsample(1, generator=generator)[0]
-        reconstruction = -self.head.log_prob(x, self._decode(z))
-        if self.config.analytic_kl:
-            kl = q.kl_standard_normal()
-        else:
-            kl = q.log_prob(z) - log_standard_normal(z).sum(dim=-1)
-        return ELBOTerms(reconstruction=reconstruction, kl=kl)
+        params, draw, log_px_z = self._draw(self._flat(x), 1, generator)
+        kl = self.posterior.closed_form_kl(params, self.prior) if self.config.analytic_kl else None
+        if kl is None:
+            kl = (draw.log_q[0] - self.prior.log_prob(draw.z[0])).unsqueeze(-1)
+        reconstruction = -log_px_z[0]
+        if draw.log_proposal is not None:  # same value; adds the rejection sampler's score
+            score = draw.log_proposal[0] - draw.log_proposal[0].detach()
+            reconstruction = reconstruction + reconstruction.detach() * score
+        return ELBOTerms(reconstruction=reconstruction, kl_groups=kl)
+
+    def kl_weight(self) -> float:
+        """The KL's weight in the loss now: β, ramped up over ``warmup_steps``."""
+        return kl_weight(int(self.num_updates), self.config.beta, self.config.warmup_steps)
+
+    def _regularizer(self, kl: Tensor) -> Tensor:
+        # Free bits are per latent unit; a KL that does not factorize is one group of M units.
+        lam = self.config.free_bits * self.latent_dim / kl.shape[-1]
+        return self.kl_weight() * free_bits(kl, lam)
+
+    def _count_update(self) -> None:
+        if self.training and torch.is_grad_enabled():
+            self.num_updates += 1
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """-log p(x | z) + β KL per example: the negative ELBO when β = 1."""
-        terms = self.elbo_terms(x)
-        return terms.reconstruction + self.config.beta * terms.kl
+        """The config's objective per example: -log p(x | z) + w_t · KL (the negative ELBO
+        with β = 1, no warm-up and no free bits), or -IWAE(k) when ``iwae_k`` > 1."""
+        if self.config.iwae_k > 1:
+            loss = iwae_loss(self.log_weights(x, self.config.iwae_k))
+        else:
+            terms = self.elbo_terms(x)
+            loss = terms.reconstruction + self._regularizer(terms.kl_groups)
+        self._count_update()
+        return loss
 
     def loss_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """``reconstruction`` (-log p(x | z)) and ``kl`` (β-weighted), summing to the loss."""
+        """``reconstruction`` (-log p(x | z)) and ``kl`` (weighted), summing to the loss; or
+        ``iwae`` alone when training on the IWAE bound."""
+        if self.config.iwae_k > 1:
+            return {"iwae": iwae_loss(self.log_weights(x, self.config.iwae_k))}
         terms = self.elbo_terms(x)
-        return {"reconstruction": terms.reconstruction, "kl": self.config.beta * terms.kl}
+        return {"reconstruction": terms.reconstruction, "kl": self._regularizer(terms.kl_groups)}
+
+    # --- inside the latent space (the report's diagnostics)
+
+    @torch.no_grad()
+    def latent_means(self, x: Tensor) -> list[Tensor]:
+        """[the posterior's location], (N, M): its mean, or the flow applied to the base mean."""
+        self.check_input(x)
+        return [self.posterior.location(self._params(self._flat(x)))]
+
+    @torch.no_grad()
+    def kl_per_level(self, x: Tensor) -> list[Tensor]:
+        """[KL[q(z | x) || p(z)]], (N,): closed form where available, else one-sample."""
+        return [self.elbo_terms(x).kl]
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p_λ(z), z (N, M) -> (N,)."""
+        return self.prior.log_prob(z)
+
+    @torch.no_grad()
+    def decode_top(self, z: Tensor) -> Tensor:
+        """The decoder's most probable x for latents z (N, M), in the data's dtype."""
+        x = self.head.mode(self._decode(z))
+        return x.reshape(z.shape[0], *self.spec.event_shape).to(self.spec.dtype)
 
     # --- generation
 
@@ -307,9 +394,8 @@ class VAE(GenerativeModel):
     def sample(
         self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """z ~ N(0, I), then x ~ p_θ(x | z); shape (n, *event_shape) in the data's dtype."""
-        dtype = self.input_scale.dtype
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=dtype, device=self.device)
+        """z ~ p_λ(z), then x ~ p_θ(x | z); shape (n, *event_shape) in the data's dtype."""
+        z = self.prior.sample(n, generator=generator).to(self.input_scale.dtype)
         x = self.head.sample(self._decode(z), generator=generator)
         return x.reshape(n, *self.spec.event_shape).to(self.spec.dtype)
 
@@ -320,6 +406,5 @@ class VAE(GenerativeModel):
         The decoder's mode rather than a draw: pixel noise would hide what z holds.
         """
         self.check_input(x)
-        z = self._encode(self._flat(x)).rsample(1, generator=generator)[0]
-        x_hat = self.head.mode(self._decode(z))
-        return x_hat.reshape(x.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+        z = self.posterior.rsample(self._params(self._flat(x)), 1, generator=generator).z[0]
+        return self.decode_top(z)

@@ -10,7 +10,22 @@ from torch import Tensor, nn
 from dgm.core.errors import ConfigError
 from dgm.core.transforms.base import Transform, check_flat, zeros_logabsdet
 
-__all__ = ["Householder"]
+__all__ = ["Householder", "reflect", "householder_matrix"]
+
+
+def reflect(x: Tensor, v: Tensor) -> Tensor:
+    r"""H x = x - 2 v (vᵀx) / |v|², batched: x (..., D), v (D,) or (..., D) broadcast with x."""
+    return x - 2.0 * ((x * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True)) * v
+
+
+def householder_matrix(vectors: Tensor) -> Tensor:
+    r"""Q = H_K ... H_1 as a matrix, vectors (..., K, D) -> (..., D, D), orthogonal."""
+    *batch, k, d = vectors.shape
+    eye = torch.eye(d, dtype=vectors.dtype, device=vectors.device).expand(*batch, d, d)
+    rows = eye  # row i holds (H_j ... H_1 e_i)ᵀ after j reflections
+    for j in range(k):
+        rows = reflect(rows, vectors[..., j : j + 1, :])
+    return rows.transpose(-1, -2)
 
 
 class Householder(Transform):
@@ -34,18 +49,14 @@ class Householder(Transform):
         self.dim = dim
         self.vectors = nn.Parameter(torch.randn(num_reflections, dim) / math.sqrt(dim))
 
-    @staticmethod
-    def _reflect(x: Tensor, v: Tensor) -> Tensor:
-        return x - 2.0 * (x @ v).unsqueeze(1) * v / (v @ v)
-
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_flat(x, self.dim, "x")
         for v in self.vectors:
-            x = self._reflect(x, v)
+            x = reflect(x, v)
         return x, zeros_logabsdet(x, 1)
 
     def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_flat(z, self.dim, "z")
         for v in reversed(list(self.vectors)):
-            z = self._reflect(z, v)
+            z = reflect(z, v)
         return z, zeros_logabsdet(z, 1)

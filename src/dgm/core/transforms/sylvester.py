@@ -34,9 +34,17 @@ from torch import Tensor, nn
 
 from dgm.core.errors import ConfigError
 from dgm.core.transforms.base import Transform, check_flat
-from dgm.core.transforms.householder import Householder
+from dgm.core.transforms.householder import Householder, householder_matrix
 
-__all__ = ["Planar", "Radial", "Sylvester", "SYLVESTER_VARIANTS"]
+__all__ = [
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "SYLVESTER_VARIANTS",
+    "sylvester_map",
+    "orthonormal_columns",
+    "upper_triangular",
+]
 
 SYLVESTER_VARIANTS = ("orthogonal", "householder", "triangular")
 
@@ -90,6 +98,41 @@ def _solve_increasing(
 def _tanh_and_derivative(a: Tensor) -> tuple[Tensor, Tensor]:
     h = torch.tanh(a)
     return h, 1.0 - h * h
+
+
+def _vecmat(x: Tensor, a: Tensor) -> Tensor:
+    """x (..., P) times a (P, Q) or (..., P, Q) -> (..., Q)."""
+    return torch.matmul(x.unsqueeze(-2), a).squeeze(-2)
+
+
+def sylvester_map(
+    x: Tensor, q: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""z = x + Q R tanh(R̃ Qᵀ x + b) and log |det ∂z/∂x| = Σ_m log(1 + h'(ã_m) R̃_mm R_mm).
+
+    Shared by the layer (one set of parameters) and amortized posteriors (parameters per
+    example): x (N, D); q (D, M) or (N, D, M) with orthonormal columns; r, r_tilde (M, M) or
+    (N, M, M) upper triangular with R_mm R̃_mm > -1; b (M,) or (N, M).
+    """
+    pre = _vecmat(_vecmat(x, q), r_tilde.transpose(-1, -2)) + b
+    h, dh = _tanh_and_derivative(pre)
+    z = x + _vecmat(_vecmat(h, r.transpose(-1, -2)), q.transpose(-1, -2))
+    diag = torch.diagonal(r, dim1=-2, dim2=-1) * torch.diagonal(r_tilde, dim1=-2, dim2=-1)
+    return z, torch.log1p(dh * diag).sum(-1)
+
+
+def orthonormal_columns(raw: Tensor) -> Tensor:
+    r"""The Q factor of a thin QR of raw (..., D, M), M ≤ D, signs fixed so diag(R_qr) > 0:
+    a smooth map onto matrices with QᵀQ = I_M, batched over the leading dimensions."""
+    q, r = torch.linalg.qr(raw, mode="reduced")
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q)
+    return q * sign.unsqueeze(-2)
+
+
+def upper_triangular(raw: Tensor, raw_diag: Tensor) -> Tensor:
+    r"""Upper-triangular (..., M, M): the strict upper part of raw and tanh(raw_diag) (..., M)
+    on the diagonal, so |R_mm| < 1 and any two such matrices have R_mm R̃_mm > -1."""
+    return raw.triu(1) + torch.diag_embed(torch.tanh(raw_diag))
 
 
 class Planar(Transform):
@@ -313,24 +356,19 @@ class Sylvester(Transform):
         self.r_diag_raw = nn.Parameter(torch.rand(m) * 2.0 - 1.0)
         self.r_tilde_diag_raw = nn.Parameter(torch.rand(m) * 2.0 - 1.0)
         self.b = nn.Parameter(torch.zeros(m))
-        self.register_buffer("strict_upper", torch.ones(m, m).triu(1), persistent=False)
 
     def orthogonal_matrix(self) -> Tensor:
         """Q, D x M with QᵀQ = I_M."""
         if self.variant == "orthogonal":
-            q, r = torch.linalg.qr(self.q_raw, mode="reduced")
-            sign = torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q)
-            return q * sign
+            return orthonormal_columns(self.q_raw)
         if self.variant == "householder":
-            eye = torch.eye(self.dim, dtype=self.householder.vectors.dtype,
-                            device=self.householder.vectors.device)
-            return self.householder(eye)[0].T  # rows of the output are (H_K ... H_1 e_i)ᵀ
+            return householder_matrix(self.householder.vectors)
         return self.q_fixed
 
     def triangular_matrices(self) -> tuple[Tensor, Tensor]:
         """(R, R̃), upper triangular with diagonals tanh(ρ), tanh(ρ̃)."""
-        r = self.r_raw * self.strict_upper + torch.diag(torch.tanh(self.r_diag_raw))
-        rt = self.r_tilde_raw * self.strict_upper + torch.diag(torch.tanh(self.r_tilde_diag_raw))
+        r = upper_triangular(self.r_raw, self.r_diag_raw)
+        rt = upper_triangular(self.r_tilde_raw, self.r_tilde_diag_raw)
         return r, rt
 
     def _logabsdet(self, pre: Tensor, r: Tensor, rt: Tensor) -> Tensor:
@@ -339,11 +377,8 @@ class Sylvester(Transform):
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_flat(x, self.dim, "x")
-        q = self.orthogonal_matrix()
         r, rt = self.triangular_matrices()
-        pre = (x @ q) @ rt.T + self.b
-        z = x + (torch.tanh(pre) @ r.T) @ q.T
-        return z, self._logabsdet(pre, r, rt)
+        return sylvester_map(x, self.orthogonal_matrix(), r, rt, self.b)
 
     def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_flat(z, self.dim, "z")
