@@ -13,7 +13,14 @@ from torch import Tensor
 
 from dgm.data.spec import DataKind, DataSpec
 
-__all__ = ["image_grid", "save_png", "curves_png", "scatter_png", "samples_png"]
+__all__ = [
+    "image_grid",
+    "save_png",
+    "curves_png",
+    "scatter_png",
+    "samples_png",
+    "latent_png",
+]
 
 
 def image_grid(x: Tensor, spec: DataSpec, ncol: int | None = None, pad: int = 1) -> np.ndarray:
@@ -126,3 +133,37 @@ def samples_png(x: Tensor, spec: DataSpec, scale: int = 4) -> bytes:
     if spec.dim == 2:
         return scatter_png(x, x, None, "samples")
     raise ValueError(f"cannot draw samples of shape {spec.event_shape} as a picture; use .npy")
+
+
+def latent_png(
+    points: Tensor,
+    prior_log_prob: Callable[[Tensor], Tensor] | None,
+    labels: Tensor | None = None,
+    title: str = "",
+) -> bytes:
+    """2-D latent locations of examples over the prior's density (Book Figs 5.8-5.13): where
+    the encodings leave prior mass unused are the prior's "holes"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = points.detach().cpu().double().numpy()
+    lo = np.minimum(np.percentile(p, 0.5, axis=0), -3.0) - 0.5
+    hi = np.maximum(np.percentile(p, 99.5, axis=0), 3.0) + 0.5
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if prior_log_prob is not None:
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+        with torch.no_grad():
+            dens = torch.exp(prior_log_prob(pts)).reshape(200, 200).double().numpy()
+        if dens.max() - dens.min() > 1e-12:
+            ax.contourf(gx, gy, dens, levels=20, cmap="Blues")
+    color = None if labels is None else labels.cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=4, c=color, cmap="tab10" if labels is not None else None,
+               color="k" if labels is None else None, alpha=0.7)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.set_title(title or "posterior locations of test examples over the prior")
+    return _fig_png(fig)

@@ -11,11 +11,19 @@ from typing import Any
 import torch
 import yaml
 
-from dgm.core.base import ImportanceWeighted, Likelihood
+from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
 from dgm.data.dataset import Dataset
 from dgm.data.spec import DataKind
+from dgm.eval.latent import interpolate, summarize_latents
 from dgm.eval.likelihood import Evaluation, evaluate
-from dgm.eval.plots import curves_png, image_grid, samples_png, save_png, scatter_png
+from dgm.eval.plots import (
+    curves_png,
+    image_grid,
+    latent_png,
+    samples_png,
+    save_png,
+    scatter_png,
+)
 from dgm.train.run import Run
 
 __all__ = ["write_report", "report_evaluations"]
@@ -66,6 +74,41 @@ def _texts(x: torch.Tensor, tokenizer: Any) -> str:
 
     texts = (html.escape(decode_sequence(tokenizer, row.tolist())) for row in x)
     return "".join(f"<pre>{t}</pre>" for t in texts)
+
+
+def _latent_section(model: Any, dataset: Dataset) -> str:
+    """Per-level KL and active units, the 2-D latent space over the prior, interpolations."""
+    spec = dataset.spec
+    x, y = dataset.test.all(spec)
+    summary = summarize_latents(model, x)
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{kl:.3f}</td><td>{act} / {units}</td></tr>"
+        for i, (kl, act, units) in enumerate(
+            zip(summary.kl_nats, summary.active_units, summary.units)
+        )
+    )
+    parts = [
+        "<h2>Latent space</h2>"
+        "<table><tr><th>level (0 = next to the data)</th><th>KL, nats per example</th>"
+        f"<th>active units</th></tr>{rows}</table>"
+        "<p class=note>A unit is active when the variance over the test set of its posterior "
+        "location exceeds 0.01 (Burda et al. 2016); a level whose KL is near 0 is unused "
+        "(posterior collapse).</p>"
+    ]
+    top = model.latent_means(x)[-1]
+    if top.shape[-1] == 2:
+        png = latent_png(top, model.prior_log_prob, y)
+        parts.append("<h3>Posterior locations over the prior</h3>" + _img(png, "latent space"))
+    if spec.is_image or spec.dim in (64, 784):
+        n = min(8, x.shape[0] // 2)
+        rows_img = interpolate(model, x[:n], x[n : 2 * n], steps=10)
+        buf = io.BytesIO()
+        save_png(image_grid(rows_img, spec, ncol=10), buf, scale=4)
+        parts.append(
+            "<h3>Interpolations</h3><p>each row decodes the straight line between two test "
+            "examples' top-level posterior locations</p>" + _img(buf.getvalue(), "interpolations")
+        )
+    return "".join(parts)
 
 
 def write_report(
@@ -123,6 +166,8 @@ def write_report(
                 "<h3>Reconstructions</h3><p>top two rows: data; bottom two: reconstructions</p>"
                 + _img(buf.getvalue(), "reconstructions")
             )
+    if isinstance(model, LatentVariable) and tokenizer is None:
+        parts.append(_latent_section(model, dataset))
     cfg = yaml.safe_dump(run.config.to_dict(), sort_keys=False)
     parts.append(f"<h2>Config</h2><pre>{html.escape(cfg)}</pre>")
     style = (
