@@ -258,7 +258,7 @@ def test_initialize_from_data_fits_the_marginals() -> None:
     xc = 3.0 + 2.0 * torch.randn(2000, 2)
     gauss = _vae(cont)
     gauss.initialize_from_data(xc, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(gauss.input_loc, xc.mean(0))
+    torch.testing.assert_close(gauss.inputs.loc, xc.mean(0))
     torch.testing.assert_close(gauss.head.log_var.detach(), torch.log(xc.var(0)))
 
 

@@ -59,6 +59,14 @@ class LikelihoodHead(nn.Module):
         """log p(x_d | θ_d) for every coordinate, shape (N, D)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def set_marginal_bias(self, layer: nn.Module, x: Tensor) -> None:
+        """Set the bias of the network's last linear layer (D * P outputs) to the per-coordinate
+        marginals fitted on x (N, D), so that the network starts at the independent model."""
+        if not isinstance(layer, nn.Linear) or layer.bias is None:
+            raise TypeError(f"expected a linear output layer with a bias, got {layer!r}")
+        layer.bias.copy_(self.marginal_params(x).reshape(-1))
+
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """x ~ p(x | θ), shape (N, D), in the data's dtype."""
         raise NotImplementedError

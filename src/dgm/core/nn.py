@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["mlp", "CausalConv1d", "MaskedLinear", "made_network"]
+from dgm.data.spec import DataKind, DataSpec
+
+__all__ = ["mlp", "CausalConv1d", "MaskedLinear", "made_network", "EncoderInput"]
 
 
 def mlp(
@@ -115,3 +117,35 @@ def made_network(
     mask = (out_degrees.unsqueeze(1) > degrees.unsqueeze(0)).float()
     layers.append(MaskedLinear(width, dim * params, mask))
     return nn.Sequential(*layers)
+
+
+class EncoderInput(nn.Module):
+    """What an encoder reads: flat x as (x - loc) / scale, in float.
+
+    Integer data with L levels is scaled to [0, 1] (x / (L - 1)), binary data is read as is,
+    and continuous data is standardized with the training statistics (:meth:`fit`). The
+    statistics are buffers, so they travel with the checkpoint.
+    """
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__()
+        self.continuous = spec.kind is DataKind.CONTINUOUS
+        scale = 1.0 if spec.num_levels is None else float(spec.num_levels - 1)
+        self.register_buffer("loc", torch.zeros(spec.dim))
+        self.register_buffer("scale", torch.full((spec.dim,), scale))
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the scaled inputs lie in [0, 1] (discrete and binary data)."""
+        return not self.continuous
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.to(self.scale.dtype) - self.loc) / self.scale
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Standardize continuous data with the per-coordinate mean and std of x (N, D)."""
+        if self.continuous:
+            xf = x.to(torch.float64)
+            self.loc.copy_(xf.mean(dim=0))
+            self.scale.copy_(xf.std(dim=0).clamp_min(1e-6))

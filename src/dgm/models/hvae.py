@@ -58,7 +58,7 @@ from dgm.core.distributions import (
 )
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, likelihood_head
-from dgm.core.nn import mlp
+from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 
@@ -321,9 +321,7 @@ class HierarchicalVAE(GenerativeModel):
                     dropout=p)
                 for i, m in enumerate(dims)
             )
-        scale = 1.0 if spec.num_levels is None else float(spec.num_levels - 1)
-        self.register_buffer("input_loc", torch.zeros(self.dim))
-        self.register_buffer("input_scale", torch.full((self.dim,), scale))
+        self.inputs = EncoderInput(spec)
         # Optimizer steps taken, for the KL warm-up: a buffer so that it is checkpointed.
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
@@ -331,9 +329,6 @@ class HierarchicalVAE(GenerativeModel):
 
     def _flat(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], self.dim)
-
-    def _scaled(self, x: Tensor) -> Tensor:
-        return (x.to(self.input_scale.dtype) - self.input_loc) / self.input_scale
 
     def _decode(self, z1: Tensor) -> Tensor:
         """Decoder parameters θ(z_1), (B, D, P)."""
@@ -381,7 +376,7 @@ class HierarchicalVAE(GenerativeModel):
         self, x: Tensor, k: int, use_mean: bool, generator: torch.Generator | None
     ) -> list[LatentLevel]:
         """Book §5.5.2.2: the deterministic path r_l bottom-up, then z_L, ..., z_1 top-down."""
-        h = self._scaled(x)
+        h = self.inputs(x)
         r: list[Tensor] = []
         for f in self.bottom_up:
             h = f(h)
@@ -405,7 +400,7 @@ class HierarchicalVAE(GenerativeModel):
     ) -> list[LatentLevel]:
         """Book §5.5.2.1: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1}); then the priors at the
         draws. Only the top level's KL is analytic: z_{l+1} depends on z_l (Eq. 5.82)."""
-        h = self.encoders[0](self._scaled(x)).repeat(k, 1)  # x is read once for all k copies
+        h = self.encoders[0](self.inputs(x)).repeat(k, 1)  # x is read once for all k copies
         posteriors: list[tuple[Tensor, Tensor, Tensor]] = []
         for i in range(len(self.latent_dims)):
             if i > 0:
@@ -430,14 +425,9 @@ class HierarchicalVAE(GenerativeModel):
         decoder's output bias to the per-coordinate marginals of the training data."""
         self.check_input(x)
         x = self._flat(x)
-        if self.spec.kind is DataKind.CONTINUOUS:
-            xf = x.to(torch.float64)
-            self.input_loc.copy_(xf.mean(dim=0))
-            self.input_scale.copy_(xf.std(dim=0).clamp_min(1e-6))
+        self.inputs.fit(x)
         if self.config.init_from_data:
-            last = self.decoder[-1]
-            assert isinstance(last, nn.Linear)
-            last.bias.copy_(self.head.marginal_params(x).reshape(-1))
+            self.head.set_marginal_bias(self.decoder[-1], x)
 
     # --- bounds
 
@@ -545,7 +535,7 @@ class HierarchicalVAE(GenerativeModel):
     ) -> Tensor:
         """Ancestral sampling from the top: z_L ~ N(0, I), z_l ~ p(z_l | z_{l+1}), x ~ p(x | z_1);
         shape (n, *event_shape) in the data's dtype."""
-        dtype, device = self.input_scale.dtype, self.device
+        dtype, device = self.inputs.scale.dtype, self.device
         z = torch.randn(n, self.latent_dims[-1], generator=generator, dtype=dtype, device=device)
         for i in reversed(range(len(self.latent_dims) - 1)):
             _, mean, log_var = self.prior(i, z)

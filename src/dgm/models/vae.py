@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, likelihood_head
-from dgm.core.nn import mlp
+from dgm.core.nn import EncoderInput, mlp
 from dgm.core.objectives import free_bits, iwae_loss, kl_weight
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
@@ -202,6 +202,7 @@ class VAE(GenerativeModel):
         self.dim = spec.dim
         self.latent_dim = config.latent_dim
         self.head = likelihood_head(spec, config.likelihood, config.num_components)
+        self.inputs = EncoderInput(spec)
         self.posterior: AmortizedPosterior = build_posterior(config.posterior, config.latent_dim)
         self.encoder = mlp(
             self.dim,
@@ -222,13 +223,9 @@ class VAE(GenerativeModel):
             config.latent_dim,
             input_dim=self.dim,
             encoder=self._gaussian_of_scaled,
-            bounded_inputs=spec.kind is not DataKind.CONTINUOUS,
+            bounded_inputs=self.inputs.bounded,
             posterior=config.posterior.kind,
         )
-        # Encoder input (x - loc) / scale: [0, 1] for integer data, fitted for continuous.
-        scale = 1.0 if spec.num_levels is None else float(spec.num_levels - 1)
-        self.register_buffer("input_loc", torch.zeros(self.dim))
-        self.register_buffer("input_scale", torch.full((self.dim,), scale))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     # --- the two networks
@@ -236,12 +233,9 @@ class VAE(GenerativeModel):
     def _flat(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], self.dim)
 
-    def _scaled(self, x: Tensor) -> Tensor:
-        return (x.to(self.input_scale.dtype) - self.input_loc) / self.input_scale
-
     def _params(self, x: Tensor) -> Tensor:
         """The posterior's parameters e(x), (N, P), for flat x in the data space."""
-        return self.encoder(self._scaled(x))
+        return self.encoder(self.inputs(x))
 
     def _gaussian_of_scaled(self, u: Tensor) -> tuple[Tensor, Tensor]:
         # The VampPrior's view of the encoder: inputs already in the encoder's space.
@@ -275,15 +269,10 @@ class VAE(GenerativeModel):
         data-dependent parts (VampPrior pseudo-inputs from training examples)."""
         self.check_input(x)
         x = self._flat(x)
-        if self.spec.kind is DataKind.CONTINUOUS:
-            xf = x.to(torch.float64)
-            self.input_loc.copy_(xf.mean(dim=0))
-            self.input_scale.copy_(xf.std(dim=0).clamp_min(1e-6))
+        self.inputs.fit(x)
         if self.config.init_from_data:
-            last = self.decoder[-1]
-            assert isinstance(last, nn.Linear)
-            last.bias.copy_(self.head.marginal_params(x).reshape(-1))
-        self.prior.initialize_from_data(self._scaled(x), generator)
+            self.head.set_marginal_bias(self.decoder[-1], x)
+        self.prior.initialize_from_data(self.inputs(x), generator)
 
     # --- bounds
 
@@ -395,7 +384,7 @@ class VAE(GenerativeModel):
         self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """z ~ p_λ(z), then x ~ p_θ(x | z); shape (n, *event_shape) in the data's dtype."""
-        z = self.prior.sample(n, generator=generator).to(self.input_scale.dtype)
+        z = self.prior.sample(n, generator=generator).to(self.inputs.scale.dtype)
         x = self.head.sample(self._decode(z), generator=generator)
         return x.reshape(n, *self.spec.event_shape).to(self.spec.dtype)
 

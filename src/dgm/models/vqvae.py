@@ -49,7 +49,7 @@ from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import log_categorical
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, CategoricalHead, likelihood_head
-from dgm.core.nn import mlp
+from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 
@@ -435,10 +435,7 @@ class VQVAE(GenerativeModel):
             num_heads=config.prior_heads,
             dropout=config.prior_dropout,
         )
-        # Encoder input (x - loc) / scale: [0, 1] for integer data, fitted for continuous.
-        scale = 1.0 if spec.num_levels is None else float(spec.num_levels - 1)
-        self.register_buffer("input_loc", torch.zeros(self.dim))
-        self.register_buffer("input_scale", torch.full((self.dim,), scale))
+        self.inputs = EncoderInput(spec)
 
     # --- the networks
 
@@ -447,8 +444,7 @@ class VQVAE(GenerativeModel):
 
     def _encode(self, x: Tensor) -> Tensor:
         """f(x): flat x (N, D) -> (N, G, d)."""
-        h = (x.to(self.input_scale.dtype) - self.input_loc) / self.input_scale
-        return self.encoder(h).reshape(x.shape[0], self.num_latents, self.code_dim)
+        return self.encoder(self.inputs(x)).reshape(x.shape[0], self.num_latents, self.code_dim)
 
     def _decode(self, z_q: Tensor) -> Tensor:
         """Decoder parameters for z_q (N, G, d): (N, D, P)."""
@@ -485,15 +481,10 @@ class VQVAE(GenerativeModel):
         starts at the independent-pixel model with every code in use."""
         self.check_input(x)
         x = self._flat(x)
-        if self.spec.kind is DataKind.CONTINUOUS:
-            xf = x.to(torch.float64)
-            self.input_loc.copy_(xf.mean(dim=0))
-            self.input_scale.copy_(xf.std(dim=0).clamp_min(1e-6))
+        self.inputs.fit(x)
         if not self.config.init_from_data:
             return
-        last = self.decoder[-1]
-        assert isinstance(last, nn.Linear)
-        last.bias.copy_(self.head.marginal_params(x).reshape(-1))
+        self.head.set_marginal_bias(self.decoder[-1], x)
         was_training = self.training
         self.eval()
         z = self._encode(x.to(self.device)).reshape(-1, self.code_dim)
