@@ -71,8 +71,8 @@ VARIANTS.update({
     "iwae_5": ("vae_prior_digits", ["model.latent_dim=16", "model.iwae_k=5"],
                "trained on IWAE(5), standard prior"),
     "warmup_freebits": ("vae_prior_digits", [
-        "model.latent_dim=16", "model.warmup_steps=2000", "model.free_bits=0.05"],
-        "KL warm-up (2000 steps) + free bits 0.05"),
+        "model.latent_dim=16", "model.warmup_steps=300", "model.free_bits=0.05"],
+        "KL warm-up (300 steps, ~19 epochs) + free bits 0.05 per unit"),
     "hvae": ("hvae_digits", [], "two-level top-down VAE"),
     "hvae_bottom_up": ("hvae_bottom_up_digits", [], "two-level bottom-up VAE"),
     "vqvae": ("vqvae_digits", [], "VQ-VAE + autoregressive code prior"),
@@ -117,6 +117,15 @@ def run_one(name: str, seed: int, iwae_k: int, workdir: str) -> dict:
     return row
 
 
+def _save(row: dict) -> None:
+    """Merge one row into the results file, replacing an older row of the same variant and
+    seed; the machine and command are those of the latest run."""
+    path = RESULTS / "vae_digits.json"
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = [r for r in rows if (r["variant"], r["seed"]) != (row["variant"], row["seed"])]
+    write_result("vae_digits", {"machine": machine(), "book": BOOK, "rows": [*rows, row]})
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
@@ -129,27 +138,19 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     work = tempfile.mkdtemp(prefix="dgm-vae-bench-")
     jobs = [(v, s) for v in args.variants for s in args.seeds]
-    rows = []
     try:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(run_one, v, s, args.iwae_k, work) for v, s in jobs]
             for fut in futures:
                 row = fut.result()
-                rows.append(row)
                 print(f"{row['variant']} seed {row['seed']}: -ELBO {row['neg_elbo']:.2f}, "
                       f"IWAE({row['iwae_k']}) {row['iwae_nats']:.2f}, {row['cpu_s']:.1f} CPU s, "
                       f"{row['epochs']} epochs, KL {row.get('kl_per_level')}, "
                       f"active {row.get('active_units')}", flush=True)
+                _save(row)  # each row as it lands: a long run stopped early keeps its rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    old = RESULTS / "vae_digits.json"
-    if old.is_file():
-        done = {(r["variant"], r["seed"]) for r in rows}
-        kept = [r for r in json.loads(old.read_text())["rows"]
-                if (r["variant"], r["seed"]) not in done]
-        rows = kept + rows
-    path = write_result("vae_digits", {"machine": machine(), "book": BOOK, "rows": rows})
-    print(f"wrote {path}")
+    print(f"wrote {RESULTS / 'vae_digits.json'}")
     from report_md import write_benchmarks_md
 
     write_benchmarks_md()
