@@ -123,7 +123,9 @@ def _save(row: dict) -> None:
     path = RESULTS / "vae_digits.json"
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = [r for r in rows if (r["variant"], r["seed"]) != (row["variant"], row["seed"])]
-    write_result("vae_digits", {"machine": machine(), "book": BOOK, "rows": [*rows, row]})
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    rows = sorted([*rows, row], key=lambda r: (order.get(r["variant"], len(order)), r["seed"]))
+    write_result("vae_digits", {"machine": machine(), "book": BOOK, "rows": rows})
 
 
 def main() -> None:
