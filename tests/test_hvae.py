@@ -319,7 +319,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     model = _hvae(DIGITS, latent_dims=(4, 3, 2))
     torch.save(model.state_dict(), tmp_path / "m.pt")
     again = _hvae(DIGITS, latent_dims=(4, 3, 2))
-    again.load_state_dict(torch.load(tmp_path / "m.pt"))
+    again.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
     x = _data(DIGITS, 4)
     a = model.log_weights(x, 3, generator=torch.Generator().manual_seed(0))
     b = again.log_weights(x, 3, generator=torch.Generator().manual_seed(0))

@@ -37,6 +37,7 @@ __all__ = [
     "GaussianHead",
     "DiscretizedLogisticHead",
     "likelihood_head",
+    "check_likelihood",
 ]
 
 LIKELIHOODS = ("auto", "categorical", "bernoulli", "gaussian", "discretized_logistic")
@@ -249,3 +250,13 @@ def likelihood_head(
     if likelihood == "bernoulli":
         return BernoulliHead()
     return GaussianHead(spec.dim)
+
+
+def check_likelihood(likelihood: str, num_components: int) -> None:
+    """Raise a ConfigError naming the field unless the decoder likelihood settings are valid."""
+    if likelihood not in LIKELIHOODS:
+        raise ConfigError(
+            f"model.likelihood: {likelihood!r} is not one of {', '.join(map(repr, LIKELIHOODS))}"
+        )
+    if num_components < 1:
+        raise ConfigError(f"model.num_components must be >= 1, got {num_components}")

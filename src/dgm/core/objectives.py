@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dgm.core.errors import ConfigError
 
-__all__ = ["kl_weight", "free_bits", "iwae_loss"]
+__all__ = ["kl_weight", "free_bits", "iwae_loss", "check_objective"]
 
 
 def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
@@ -57,3 +57,20 @@ def iwae_loss(log_weights: Tensor) -> Tensor:
     r"""-log (1/k) Σ_i exp(log w_i): log_weights (k, N) -> (N,)."""
     k = log_weights.shape[0]
     return -(torch.logsumexp(log_weights, dim=0) - math.log(k))
+
+
+def check_objective(beta: float, warmup_steps: int, free_bits: float, iwae_k: int) -> None:
+    """Raise a ConfigError naming the field unless the objective's settings make sense."""
+    if not beta >= 0.0:
+        raise ConfigError(f"model.beta must be >= 0, got {beta}")
+    if warmup_steps < 0:
+        raise ConfigError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
+    if not free_bits >= 0.0:
+        raise ConfigError(f"model.free_bits must be >= 0, got {free_bits}")
+    if iwae_k < 1:
+        raise ConfigError(f"model.iwae_k must be >= 1, got {iwae_k}")
+    if iwae_k > 1 and (beta != 1.0 or warmup_steps or free_bits):
+        raise ConfigError(
+            f"model.iwae_k = {iwae_k} trains on the IWAE bound itself, which has no separate "
+            "KL term: use it with model.beta = 1, model.warmup_steps = 0 and model.free_bits = 0"
+        )

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core import objectives
+from dgm.core.objectives import check_objective
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import (
     kl_normal_diag,
@@ -57,7 +58,7 @@ from dgm.core.distributions import (
     log_standard_normal,
 )
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, likelihood_head
+from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
@@ -190,13 +191,7 @@ class HierarchicalVAEConfig:
                 f"model.activation: {self.activation!r} is not one of "
                 f"{', '.join(map(repr, ACTIVATIONS))}"
             )
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(
-                f"model.likelihood: {self.likelihood!r} is not one of "
-                f"{', '.join(map(repr, LIKELIHOODS))}"
-            )
-        if self.num_components < 1:
-            raise ConfigError(f"model.num_components must be >= 1, got {self.num_components}")
+        check_likelihood(self.likelihood, self.num_components)
         if self.inference not in INFERENCE:
             raise ConfigError(
                 f"model.inference: {self.inference!r} is not one of "
@@ -207,20 +202,7 @@ class HierarchicalVAEConfig:
                 "model.delta_log_var_min must be below model.delta_log_var_max, got "
                 f"{self.delta_log_var_min} and {self.delta_log_var_max}"
             )
-        if not self.beta >= 0.0:
-            raise ConfigError(f"model.beta must be >= 0, got {self.beta}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"model.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.free_bits >= 0.0:
-            raise ConfigError(f"model.free_bits must be >= 0, got {self.free_bits}")
-        if self.iwae_k < 1:
-            raise ConfigError(f"model.iwae_k must be >= 1, got {self.iwae_k}")
-        if self.iwae_k > 1 and (self.beta != 1.0 or self.warmup_steps or self.free_bits):
-            raise ConfigError(
-                f"model.iwae_k = {self.iwae_k} trains on the IWAE bound, which has no separate "
-                "KL term: use it with model.beta = 1, model.warmup_steps = 0 and "
-                "model.free_bits = 0"
-            )
+        check_objective(self.beta, self.warmup_steps, self.free_bits, self.iwae_k)
 
 
 # ------------------------------------------------------------------------------------- model

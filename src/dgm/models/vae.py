@@ -37,9 +37,9 @@ from torch import Tensor
 
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, likelihood_head
+from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
-from dgm.core.objectives import free_bits, iwae_loss, kl_weight
+from dgm.core.objectives import check_objective, free_bits, iwae_loss, kl_weight
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
 from dgm.models.posteriors import (
@@ -133,26 +133,8 @@ class VAEConfig:
             raise ConfigError(f"model.num_hidden must be >= 0, got {self.num_hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(
-                f"model.likelihood: {self.likelihood!r} is not one of "
-                f"{', '.join(map(repr, LIKELIHOODS))}"
-            )
-        if self.num_components < 1:
-            raise ConfigError(f"model.num_components must be >= 1, got {self.num_components}")
-        if not self.beta >= 0.0:
-            raise ConfigError(f"model.beta must be >= 0, got {self.beta}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"model.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.free_bits >= 0.0:
-            raise ConfigError(f"model.free_bits must be >= 0, got {self.free_bits}")
-        if self.iwae_k < 1:
-            raise ConfigError(f"model.iwae_k must be >= 1, got {self.iwae_k}")
-        if self.iwae_k > 1 and (self.beta != 1.0 or self.warmup_steps or self.free_bits):
-            raise ConfigError(
-                "model.iwae_k > 1 trains on the IWAE bound itself; it does not combine with "
-                "beta, warmup_steps or free_bits"
-            )
+        check_likelihood(self.likelihood, self.num_components)
+        check_objective(self.beta, self.warmup_steps, self.free_bits, self.iwae_k)
         if self.posterior.kind == "vmf" and self.prior.kind != "standard":
             raise ConfigError(
                 "a vMF posterior lives on the sphere and pairs with the uniform prior there: "

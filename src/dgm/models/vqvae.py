@@ -48,7 +48,7 @@ from dgm.core.attention import TransformerBlock
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import log_categorical
 from dgm.core.errors import ConfigError
-from dgm.core.heads import LIKELIHOODS, CategoricalHead, likelihood_head
+from dgm.core.heads import CategoricalHead, check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
 from dgm.data.spec import DataKind, DataSpec
@@ -348,11 +348,7 @@ class VQVAEConfig:
         for name in ("ema_decay", "usage_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ConfigError(
-                f"model.likelihood: {self.likelihood!r} is not one of "
-                f"{', '.join(map(repr, LIKELIHOODS))}"
-            )
+        check_likelihood(self.likelihood, self.num_components)
         if self.codebook_update not in ("loss", "ema"):
             raise ConfigError(
                 f"model.codebook_update must be 'loss' or 'ema', got {self.codebook_update!r}"
