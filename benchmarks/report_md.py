@@ -222,15 +222,20 @@ def _vae_digits(data: dict) -> str:
     for name, rs in by.items():
         elbo = statistics.mean(r["neg_elbo"] for r in rs)
         iw = statistics.mean(r["iwae_nats"] for r in rs)
+        elbo_s = f"{elbo:.2f}" + (
+            f" ± {statistics.stdev(r['neg_elbo'] for r in rs):.2f}" if len(rs) > 1 else "")
+        iw_s = f"{iw:.2f}" + (
+            f" ± {statistics.stdev(r['iwae_nats'] for r in rs):.2f}" if len(rs) > 1 else "")
         cpu = statistics.mean(r["cpu_s"] for r in rs)
         b = book.get(name)
         vs = f"{100 * (elbo - b) / b:+.1f}%" if b else "–"
         kl = ", ".join(f"{v:.2f}" for v in rs[0].get("kl_per_level") or []) or "–"
         act = ", ".join(str(v) for v in rs[0].get("active_units") or []) or "–"
         ep = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in rs)
-        seeds = f" ({len(rs)} seeds)" if len(rs) > 1 else ""
+        seed_list = ", ".join(str(r["seed"]) for r in rs)
+        seeds = f" (seeds {seed_list}: mean ± sd)" if len(rs) > 1 else ""
         out.append(
-            f"| {name} | {rs[0]['what']}{seeds} | {elbo:.2f} | {iw:.2f} | {_fmt(b)} | {vs} | {kl} "
+            f"| {name} | {rs[0]['what']}{seeds} | {elbo_s} | {iw_s} | {_fmt(b)} | {vs} | {kl} "
             f"| {act} | {ep} | {cpu:.1f} | {rs[0]['params']:,} |"
         )
     out.append("")
