@@ -117,6 +117,11 @@ class GenerativeModel(nn.Module):
         """``n`` new examples, shape (n, *event_shape), in the data's own space and dtype."""
         raise NotImplementedError(f"{type(self).__name__} does not define sample")
 
+    def as_data(self, x: Tensor) -> Tensor:
+        """Flat values (N, D) (or any shape with N first) as examples: (N, *event_shape) in the
+        data's dtype."""
+        return x.reshape(x.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+
     def check_input(self, x: Tensor) -> None:
         """Raise a clear :class:`~dgm.core.errors.DataError` unless x fits the data spec."""
         self.spec.validate(x)

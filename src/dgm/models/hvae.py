@@ -507,7 +507,7 @@ class HierarchicalVAE(GenerativeModel):
         for i in reversed(range(len(self.latent_dims) - 1)):
             z = self.prior(i, z)[1]
         x = self.head.mode(self._decode(z))
-        return x.reshape(z.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x)
 
     # --- generation
 
@@ -523,11 +523,11 @@ class HierarchicalVAE(GenerativeModel):
             _, mean, log_var = self.prior(i, z)
             z = self._draw(mean, log_var, False, generator)
         x = self.head.sample(self._decode(z), generator=generator)
-        return x.reshape(n, *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """z_{1:L} ~ q, then the most probable x under p(x | z_1) (the mean for a Gaussian)."""
         levels = self.infer(self._check(x), generator=generator)
         x_hat = self.head.mode(self._decode(levels[0].z))
-        return x_hat.reshape(x.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x_hat)

@@ -357,7 +357,7 @@ class VAE(GenerativeModel):
     def decode_top(self, z: Tensor) -> Tensor:
         """The decoder's most probable x for latents z (N, M), in the data's dtype."""
         x = self.head.mode(self._decode(z))
-        return x.reshape(z.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x)
 
     # --- generation
 
@@ -368,7 +368,7 @@ class VAE(GenerativeModel):
         """z ~ p_λ(z), then x ~ p_θ(x | z); shape (n, *event_shape) in the data's dtype."""
         z = self.prior.sample(n, generator=generator).to(self.inputs.scale.dtype)
         x = self.head.sample(self._decode(z), generator=generator)
-        return x.reshape(n, *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -642,14 +642,14 @@ class VQVAE(GenerativeModel):
         """c ~ p_ψ(c), then x ~ p_θ(x | z_q(c)); shape (n, *event_shape) in the data's dtype."""
         codes = self.prior.sample(n, generator=generator, device=self.device)
         x = self.head.sample(self._decode(self.quantizer.lookup(codes)), generator=generator)
-        return x.reshape(n, *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """The decoder's mode at the encoder's codes (the mean for a Gaussian)."""
         codes = self.encode(x)
         x_hat = self.head.mode(self._decode(self.quantizer.lookup(codes)))
-        return x_hat.reshape(x.shape[0], *self.spec.event_shape).to(self.spec.dtype)
+        return self.as_data(x_hat)
 
 
 def _kmeans(z: Tensor, k: int, steps: int, generator: torch.Generator) -> Tensor:
