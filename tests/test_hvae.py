@@ -14,6 +14,7 @@ from util import loss_drop
 from dgm.core import build_model
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.core.objectives import iwae_loss
 from dgm.data.spec import DataKind, DataSpec
 from dgm.models.hvae import HierarchicalVAE, HierarchicalVAEConfig
@@ -221,11 +222,13 @@ def test_warmup_weight_grows_and_is_checkpointed() -> None:
     x = _data(DIGITS, 8)
     assert "num_updates" in model.state_dict()
     weights = []
-    for _ in range(6):
+    for t in range(6):
         weights.append(model.kl_weight())
         model.loss(x).mean().backward()
+        model.after_step(StepInfo(step=t + 1))
     assert weights == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
-    with torch.no_grad():  # evaluation does not advance the counter
+    model.loss(x).mean().backward()  # no step taken: the counter stays
+    with torch.no_grad():
         model.loss(x)
     model.eval()
     model.loss(x)

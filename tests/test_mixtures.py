@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import distributions as td
 
-from dgm.core.base import ExpectationMaximization, Fit, ImportanceWeighted, Likelihood
+from dgm.core.base import ExpectationMaximization, ImportanceWeighted, Likelihood
+from dgm.core.fitting import EMFit, GradientFit
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
 from dgm.data.spec import DataKind, DataSpec
@@ -149,7 +150,7 @@ def test_generator_makes_sampling_reproducible():
 def test_em_never_lowers_the_training_log_likelihood():
     x = sample_toy("moons", 1000, seed=1).double()
     model = MoG(continuous(2), MoGConfig(num_components=8, fit="em")).double()
-    assert model.fit is Fit.EM and isinstance(model, ExpectationMaximization)
+    assert model.fit == EMFit() and isinstance(model, ExpectationMaximization)
     model.initialize_from_data(x, torch.Generator().manual_seed(0))
     totals = [em_step(model, *x.split(300)).sum().item() for _ in range(20)]
     diffs = torch.tensor(totals).diff()
@@ -320,8 +321,8 @@ def test_initialize_from_data_puts_means_on_training_points(digits):
 def test_registry_builds_from_a_mapping():
     spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
     model = build_model("mog", spec, {"num_components": 7, "fit": "em"})
-    assert isinstance(model, MoG) and model.loc.shape == (7, 64) and model.fit is Fit.EM
-    assert build_model("mog", spec).fit is Fit.GRADIENT
+    assert isinstance(model, MoG) and model.loc.shape == (7, 64) and model.fit == EMFit()
+    assert build_model("mog", spec).fit == GradientFit()
     with pytest.raises(ConfigError):
         MoG(DataSpec((4,), DataKind.TOKENS, num_levels=3), MoGConfig())
 

@@ -12,6 +12,7 @@ from torch.distributions import Categorical
 from util import loss_drop
 
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.core.objectives import free_bits, iwae_loss, kl_weight
 from dgm.data.spec import DataKind, DataSpec
 from dgm.models.posteriors import PosteriorConfig
@@ -119,15 +120,17 @@ def test_kl_warmup_ramps_and_is_checkpointed() -> None:
     x = torch.randint(0, 3, (4, 2))
     model.train()
     weights = []
-    for _ in range(3):
+    for t in range(3):
         weights.append(model.kl_weight())
         model.loss(x).mean().backward()
+        model.after_step(StepInfo(step=t + 1))  # the trainer's hook after a step it took
     assert weights == pytest.approx([0.1, 0.2, 0.3])
     assert int(model.state_dict()["num_updates"]) == 3
+    model.loss(x).mean().backward()  # a loss without a step (skipped by the guard) does not count
     model.eval()
     with torch.no_grad():
         model.loss(x)
-    assert int(model.num_updates) == 3  # evaluation does not advance the schedule
+    assert int(model.num_updates) == 3
 
 
 def test_free_bits_floor_and_gradient() -> None:

@@ -13,6 +13,7 @@ from util import loss_drop
 
 from dgm.core import ImportanceWeighted, LatentVariable, Likelihood, build_model
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.data.spec import DataKind, DataSpec
 from dgm.models.vqvae import CodePrior, VectorQuantizer, VQVAE, VQVAEConfig
 
@@ -228,15 +229,18 @@ def test_ema_updates_the_codebook_without_gradients() -> None:
         codes = model.quantizer.nearest(z)
     terms = model.loss_terms(x)
     assert float(terms["codebook"].abs().sum()) == 0.0
+    assert torch.equal(codebook, before)  # a loss alone moves nothing: no step was taken
+    model.after_step(StepInfo(step=1))
     # Each used code moved toward the mean of the encoder outputs assigned to it.
     for k in codes.unique():
         mean = z[codes == k].mean(0)
         assert float((codebook[k] - mean).norm()) < float((before[k] - mean).norm())
-    # Evaluation does not move the codebook.
+    # Evaluation does not move the codebook, and a step's statistics are used once.
     after = codebook.clone()
     with torch.no_grad():
         model.train()
         model.loss(x)
+    model.after_step(StepInfo(step=2))
     assert torch.equal(after, codebook)
 
 
@@ -248,6 +252,7 @@ def test_dead_codes_are_restarted_from_encoder_outputs() -> None:
         vq.codebook[[0, 5]] = 1e3  # far from every encoder output
     x = _data(model.spec, 16)
     model.loss(x)
+    model.after_step(StepInfo(step=1))
     z = model.encode_continuous(x).reshape(-1, 2).detach()
     for k in (0, 5):
         assert float(torch.cdist(vq.codebook[k : k + 1].detach(), z).min()) < 1e-5

@@ -80,6 +80,10 @@ class TrainConfig:
     ``val_k``: importance samples per validation example for lower-bound models (1: the ELBO).
     ``max_bad_steps``: consecutive non-finite steps before rolling back to the last checkpoint.
     ``time_budget_s``: stop after the first epoch that ends past this many wall seconds.
+    ``monitor``: the validation score for early stopping and best weights: ``auto`` (the
+    likelihood's natural method, else the validation objective), an evaluation method
+    (``exact``, ``elbo``, ``iwae``, ...), ``objective`` (the mean training loss on the
+    validation split, labelled as such) or a sample-quality metric (``fd``, ``kid``).
     """
 
     epochs: int = 100
@@ -96,6 +100,8 @@ class TrainConfig:
     max_rollbacks: int = 3
     progress: bool = True
     time_budget_s: float | None = None
+    monitor: str = "auto"
+    monitor_samples: int = 1000
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -143,12 +149,23 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "vae"})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    players: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model.get("name"), str):
             raise ConfigError("model.name is required (e.g. model: {name: arm})")
+        for name, fields in self.players.items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"players.{name} must be a mapping of optim fields")
+            self.optim_for(name)  # checks the fields now, not at the first step
+
+    def optim_for(self, player: str) -> OptimConfig:
+        """The optimizer config of ``player``: ``optim`` with ``players.<player>`` on top
+        (e.g. ``players: {discriminator: {lr: 4.0e-4}}`` for a two-player model)."""
+        overrides = self.players.get(player, {})
+        return from_dict(OptimConfig, {**to_dict(self.optim), **overrides}, f"players.{player}")
 
     @property
     def model_name(self) -> str:

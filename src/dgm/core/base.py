@@ -15,12 +15,14 @@ so that one evaluator can form the ELBO (their mean) and the IWAE(k) bound (thei
 from __future__ import annotations
 
 from enum import Enum
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dgm.core.capabilities import ExpectationMaximization, ImportanceWeighted, LatentVariable
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import Fit, GradientFit, StepInfo
 from dgm.data.spec import DataKind, DataSpec
 
 __all__ = [
@@ -38,15 +40,9 @@ class Likelihood(str, Enum):
 
     EXACT = "exact"  # log p(x) exactly (up to float error)
     LOWER_BOUND = "lower_bound"  # a stochastic lower bound on log p(x), e.g. the ELBO
+    ESTIMATE = "estimate"  # an estimate of log p(x) with a standard error (AIS, ODE + Hutchinson)
     UNNORMALIZED = "unnormalized"  # -E(x), the normalizer unknown
     NONE = "none"  # no likelihood (implicit models)
-
-
-class Fit(str, Enum):
-    """How the trainer fits the model."""
-
-    GRADIENT = "gradient"  # minimize mean(loss) with an optimizer
-    EM = "em"  # accumulate sufficient statistics per epoch, then a closed-form M-step
 
 
 class GenerativeModel(nn.Module):
@@ -59,7 +55,7 @@ class GenerativeModel(nn.Module):
 
     likelihood: ClassVar[Likelihood] = Likelihood.NONE
     data_kinds: ClassVar[frozenset[DataKind]] = frozenset(DataKind)
-    fit: Fit = Fit.GRADIENT  # an instance may set Fit.EM from its config
+    fit: Fit = GradientFit()  # the update rule (dgm.core.fitting); an instance may set its own
     # How a continuous density is scored on discrete data (e.g. "uniform"); None if it is not.
     dequantization: str | None = None
 
@@ -97,6 +93,15 @@ class GenerativeModel(nn.Module):
         a mixture's initial means. The default does nothing.
         """
 
+    def after_step(self, info: StepInfo) -> None:
+        """Move the state kept between steps (counters, codebooks, chains, replay buffers).
+
+        The trainer calls it once after every optimizer step that was taken, never for a step
+        that the non-finite guard skipped; ``info`` says which player stepped and gives the
+        cross-process reductions. A loop of your own should call it after each
+        ``optimizer.step()`` (``model.after_step(StepInfo(step=t))``). The default does nothing.
+        """
+
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Training objective per example, shape (N,), in nats."""
         raise NotImplementedError(f"{type(self).__name__} does not define loss")
@@ -128,73 +133,3 @@ class GenerativeModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-@runtime_checkable
-class ImportanceWeighted(Protocol):
-    """A model with a lower-bound likelihood that can give importance weights."""
-
-    def log_weights(
-        self,
-        x: Tensor,
-        k: int,
-        *,
-        y: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for z_1..z_k ~ q(z | x); shape (k, N).
-
-        ``y`` are the labels, which class-conditional models read (others ignore them).
-        """
-        ...
-
-
-@runtime_checkable
-class ExpectationMaximization(Protocol):
-    """A model fitted by EM: the trainer calls these once per epoch instead of an optimizer."""
-
-    def em_begin(self) -> None:
-        """Reset the sufficient statistics."""
-        ...
-
-    def em_accumulate(self, x: Tensor) -> Tensor:
-        """E-step on a batch: add its statistics; returns the batch's log-likelihoods (N,)."""
-        ...
-
-    def em_statistics(self) -> list[Tensor]:
-        """The accumulated statistics (summed across processes in distributed runs)."""
-        ...
-
-    def em_maximize(self) -> None:
-        """M-step from the accumulated statistics."""
-        ...
-
-
-@runtime_checkable
-class LatentVariable(Protocol):
-    """A latent-variable model whose inside the report can show (Book §5.4.1.2, §5.5.2).
-
-    Levels are numbered from the data up: level 0 is the latent the decoder reads, the last is
-    the top of the hierarchy (a one-level VAE has one level).
-    """
-
-    def latent_means(self, x: Tensor) -> list[Tensor]:
-        """E_q[z_l | x] per level (or the posterior's location), each (N, M_l).
-
-        Used for active units: A_u = Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, §5.2).
-        """
-        ...
-
-    def kl_per_level(self, x: Tensor) -> list[Tensor]:
-        """The regularizer of each level, each (N,): the KL in closed form where there is one,
-        else its one-sample estimate log q - log p; they sum to the ELBO's regularizer."""
-        ...
-
-    def prior_log_prob(self, z: Tensor) -> Tensor:
-        """log p(z) of the top level, z (N, M_top) -> (N,)."""
-        ...
-
-    def decode_top(self, z: Tensor) -> Tensor:
-        """The most probable example for top-level latents z (N, M_top), lower levels (if any)
-        set to their prior means; shape (N, *event_shape) in the data's dtype."""
-        ...

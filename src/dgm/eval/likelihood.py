@@ -1,6 +1,10 @@
 r"""One evaluator for every family: NLL in nats per example and bits per dimension, labelled.
 
-Methods:
+Methods are a registry (:func:`register_method`); each says which models it applies to, how it
+scores one batch and what its number is, in one label vocabulary (``kind``): ``exact``,
+``upper_bound`` (a bound on the NLL), ``estimate`` (an estimate, with a standard error where the
+estimator gives one); on continuous data ``density``, ``density_bound``, ``density_estimate``.
+Built in:
 
 - ``exact``: -log p(x) of a model whose ``likelihood_on(kind)`` is EXACT.
 - ``elbo``: -ELBO, the mean of log importance weights (k draws per example, averaged; more draws
@@ -8,6 +12,13 @@ Methods:
 - ``iwae``: -log (1/k) Σ_i w_i, the importance-weighted bound (Burda et al. 2016; Book Eq. 5.32).
   Still an upper bound on the NLL in expectation, tighter with k, consistent as k -> ∞; labelled
   an estimate. For dequantized models the weights are p(x + u_i) with u_i ~ U[0,1)^D.
+- ``bound``: -log_prob of a model whose bound is not importance-weighted
+  (:class:`~dgm.core.capabilities.BoundedLikelihood`, e.g. a diffusion model's variational bound),
+  averaged over k draws. It is never passed through IWAE's log-mean-exp, which would not be a
+  bound of anything.
+- ``estimate``: -log p̂(x) of a model whose likelihood is an estimate with an error bar
+  (:class:`~dgm.core.capabilities.EstimatedLikelihood`: AIS, an ODE likelihood with a
+  stochastic trace); the estimator's own standard error is reported beside the sampling one.
 
 Bits per dimension are nats / (D ln 2) in the data's own discrete space. A continuous density
 on continuous data is reported as a negative log-density ("density"), with no bits per dimension.
@@ -22,27 +33,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from dgm.core.base import GenerativeModel, ImportanceWeighted, Likelihood
+from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.capabilities import BoundedLikelihood, EstimatedLikelihood, ImportanceWeighted
 from dgm.core.errors import ConfigError
 from dgm.data.dataset import Split
 from dgm.data.spec import DataKind
 
-__all__ = ["Evaluation", "evaluate", "bits_per_dim", "resolve_method", "per_example_nll"]
+__all__ = [
+    "Evaluation",
+    "EvalMethod",
+    "Scores",
+    "evaluate",
+    "bits_per_dim",
+    "resolve_method",
+    "register_method",
+    "method_names",
+    "method_label",
+    "per_example_nll",
+    "per_example_scores",
+]
 
-METHODS = ("auto", "exact", "elbo", "iwae")
+#: what a number is, by method kind, on discrete and on continuous data
+CONTINUOUS_KIND = {"exact": "density", "upper_bound": "density_bound", "estimate": "density_estimate"}
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """The result of scoring one split.
 
-    ``kind`` is what the number is: "exact" (exact NLL), "upper_bound" (-ELBO), "estimate"
-    (IWAE(k)), or "density" (negative log-density of continuous data; no bits per dimension).
+    ``kind`` is what the number is: "exact" (exact NLL), "upper_bound" (-ELBO or another
+    bound), "estimate" (IWAE(k), AIS, an ODE likelihood), or on continuous data "density",
+    "density_bound", "density_estimate" (negative log-density; no bits per dimension).
+    ``stderr_nats`` is the standard error of the mean over examples; ``estimator_stderr_nats``
+    (estimates only) that of the estimator itself, sqrt(Σ se_i²) / N.
     """
 
     nll_nats: float
@@ -59,6 +87,7 @@ class Evaluation:
     seed: int
     perplexity: float | None = None  # token data: exp(nats per scored token)
     bits_per_char: float | None = None  # token data whose split counts characters
+    estimator_stderr_nats: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,10 +98,63 @@ class Evaluation:
             bpd = f"{self.bpd:.4f} bits/token, perplexity {self.perplexity:.3f}"
             if self.bits_per_char is not None:
                 bpd += f", {self.bits_per_char:.4f} bits/char"
+        se = f"± {self.stderr_nats:.3f}"
+        if self.estimator_stderr_nats is not None:
+            se += f" (estimator ± {self.estimator_stderr_nats:.3f})"
         return (
-            f"{self.split}: {self.nll_nats:.3f} ± {self.stderr_nats:.3f} nats/example, {bpd} "
+            f"{self.split}: {self.nll_nats:.3f} {se} nats/example, {bpd} "
             f"[{self.label}; n={self.n}, median {self.median_nats:.3f}]"
         )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-example negative log-likelihoods (or bounds, estimates), float64 (N,), and the
+    estimator's standard error per example where the method gives one."""
+
+    nll: Tensor
+    stderr: Tensor | None = None
+
+
+BatchScorer = Callable[[Any, Tensor, "Tensor | None", int, int, torch.Generator], Scores]
+
+
+@dataclass(frozen=True)
+class EvalMethod:
+    """One evaluation method.
+
+    ``kind``: "exact", "upper_bound" or "estimate" (see :class:`Evaluation`).
+    ``refusal(model)``: None if the method applies to the model, else why not (one sentence).
+    ``score(model, x, y, k, chunk, generator)``: :class:`Scores` of one batch; ``chunk`` caps
+    the importance samples held at once.
+    ``label(model, k)``: what the number is, in words.
+    ``default_k``: draws per example when the user gives none (None: the method takes no k).
+    """
+
+    name: str
+    kind: str
+    refusal: Callable[[GenerativeModel], str | None]
+    score: BatchScorer
+    label: Callable[[GenerativeModel, int], str]
+    default_k: int | None = None
+
+
+_METHODS: dict[str, EvalMethod] = {}
+
+
+def register_method(method: EvalMethod) -> EvalMethod:
+    """Add an evaluation method (a later family plugs its own in: AIS, an ODE likelihood)."""
+    if method.name in _METHODS or method.name == "auto":
+        raise RuntimeError(f"evaluation method {method.name!r} registered twice")
+    if method.kind not in CONTINUOUS_KIND:
+        raise RuntimeError(f"method kind must be one of {', '.join(CONTINUOUS_KIND)}")
+    _METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """``auto`` and every registered method."""
+    return ["auto", *_METHODS]
 
 
 def bits_per_dim(nats_per_example: float, dim: int) -> float:
@@ -80,10 +162,20 @@ def bits_per_dim(nats_per_example: float, dim: int) -> float:
     return nats_per_example / (dim * math.log(2.0))
 
 
+def _natural_method(model: GenerativeModel, kind: Likelihood) -> str:
+    if kind is Likelihood.EXACT:
+        return "exact"
+    if kind is Likelihood.ESTIMATE:
+        return "estimate"
+    return "elbo" if isinstance(model, ImportanceWeighted) else "bound"
+
+
 def resolve_method(model: GenerativeModel, method: str) -> str:
     """Map ``auto`` to the model's natural method and refuse methods the model cannot do."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "auto" and method not in _METHODS:
+        raise ConfigError(
+            f"unknown method {method!r}; choose one of {', '.join(method_names())}"
+        )
     kind = model.likelihood_on(model.spec.kind)
     if kind in (Likelihood.NONE, Likelihood.UNNORMALIZED):
         raise ConfigError(
@@ -91,18 +183,65 @@ def resolve_method(model: GenerativeModel, method: str) -> str:
             "it cannot be scored in nats"
         )
     if method == "auto":
-        return "exact" if kind is Likelihood.EXACT else "elbo"
-    if method == "exact" and kind is not Likelihood.EXACT:
-        raise ConfigError(
-            f"{type(model).__name__} has no exact likelihood on {model.spec.kind.value} data "
-            f"({kind.value}); use --method elbo or --method iwae"
-        )
-    if method in ("elbo", "iwae") and not isinstance(model, ImportanceWeighted):
-        raise ConfigError(
-            f"{type(model).__name__} has an exact likelihood and no importance weights; "
-            "use --method exact"
-        )
+        method = _natural_method(model, kind)
+    reason = _METHODS[method].refusal(model)
+    if reason is not None:
+        raise ConfigError(f"--method {method}: {reason}")
     return method
+
+
+def method_label(model: GenerativeModel, method: str, k: int) -> str:
+    """What ``method`` with ``k`` draws measures on ``model``, in words."""
+    return _METHODS[resolve_method(model, method)].label(model, k)
+
+
+# --- the built-in methods ----------------------------------------------------------------------
+
+
+def _name(model: GenerativeModel) -> str:
+    return type(model).__name__
+
+
+def _target(model: GenerativeModel) -> str:
+    return "negative log-density" if model.spec.kind is DataKind.CONTINUOUS else "NLL"
+
+
+def _refuse_unless_exact(model: GenerativeModel) -> str | None:
+    kind = model.likelihood_on(model.spec.kind)
+    if kind is Likelihood.EXACT:
+        return None
+    better = "elbo or --method iwae" if isinstance(model, ImportanceWeighted) else "auto"
+    return (f"{_name(model)} has no exact likelihood on {model.spec.kind.value} data "
+            f"({kind.value}); use --method {better}")
+
+
+def _refuse_unless_weighted(model: GenerativeModel) -> str | None:
+    if isinstance(model, ImportanceWeighted):
+        return None
+    if isinstance(model, BoundedLikelihood):
+        return (f"{_name(model)}'s bound ({model.bound_name()}) is not built from importance "
+                "weights; IWAE's log-mean-exp of it would bound nothing. Use --method bound")
+    kind = model.likelihood_on(model.spec.kind)
+    if kind is Likelihood.EXACT:
+        return f"{_name(model)} has an exact likelihood and no importance weights; use --method exact"
+    return f"{_name(model)} has no importance weights (its likelihood is {kind.value}); use --method auto"
+
+
+def _refuse_unless_bounded(model: GenerativeModel) -> str | None:
+    if isinstance(model, BoundedLikelihood) and not isinstance(model, ImportanceWeighted):
+        return None
+    return f"{_name(model)} has no bound of its own kind; use --method auto"
+
+
+def _refuse_unless_estimated(model: GenerativeModel) -> str | None:
+    if isinstance(model, EstimatedLikelihood):
+        return None
+    return f"{_name(model)} gives no likelihood estimate with an error bar; use --method auto"
+
+
+def _exact_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
+                  generator: torch.Generator) -> Scores:
+    return Scores(-model.log_prob(x, y).double())
 
 
 def _iwae_nll(
@@ -130,7 +269,97 @@ def _elbo_nll(
     return -total / k
 
 
+def _bound_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
+                  generator: torch.Generator) -> Scores:
+    # The plain mean of k independent bounds: never a log-mean-exp.
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for _ in range(k):
+        total += model.log_prob(x, y).double()
+    return Scores(-total / k)
+
+
+def _estimate_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
+                     generator: torch.Generator) -> Scores:
+    est = model.log_prob_estimate(x, y, generator=generator)
+    return Scores(-est.log_prob.double(), est.stderr.double())
+
+
+def _draws(k: int) -> str:
+    return f"{k} draw{'s' if k > 1 else ''} per example"
+
+
+register_method(EvalMethod(
+    "exact", "exact", _refuse_unless_exact, _exact_scores,
+    lambda m, k: "exact NLL" if m.spec.kind is not DataKind.CONTINUOUS
+    else "negative log-density (continuous data)",
+))
+register_method(EvalMethod(
+    "elbo", "upper_bound", _refuse_unless_weighted,
+    lambda m, x, y, k, c, g: Scores(_elbo_nll(m, x, y, k, c, g)),
+    lambda m, k: f"-ELBO, an upper bound on the {_target(m)} ({_draws(k)})",
+    default_k=1,
+))
+register_method(EvalMethod(
+    "iwae", "estimate", _refuse_unless_weighted,
+    lambda m, x, y, k, c, g: Scores(_iwae_nll(m, x, y, k, c, g)),
+    lambda m, k: f"IWAE({k}) estimate of the {_target(m)} (an upper bound in expectation)",
+    default_k=1000,
+))
+register_method(EvalMethod(
+    "bound", "upper_bound", _refuse_unless_bounded, _bound_scores,
+    lambda m, k: f"-{m.bound_name()}, an upper bound on the {_target(m)} ({_draws(k)})",
+    default_k=1,
+))
+register_method(EvalMethod(
+    "estimate", "estimate", _refuse_unless_estimated, _estimate_scores,
+    lambda m, k: f"estimate of the {_target(m)} with the estimator's standard error",
+))
+
+
+# --- scoring a split ---------------------------------------------------------------------------
+
+
 @torch.no_grad()
+def per_example_scores(
+    model: GenerativeModel,
+    split: Split,
+    *,
+    method: str = "auto",
+    k: int = 1,
+    batch_size: int = 1024,
+    seed: int = 0,
+    max_weights: int = 2**20,
+) -> Scores:
+    """:class:`Scores` of every example of ``split`` with ``method`` (seeded, eval mode).
+
+    ``max_weights`` caps batch size x importance samples held at once: k up to thousands is
+    evaluated in chunks of samples.
+    """
+    m = _METHODS[resolve_method(model, method)]
+    if batch_size < 1 or k < 1:
+        raise ConfigError(f"batch size and k must be >= 1, got {batch_size} and {k}")
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    nll, stderr = [], []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(split), batch_size):
+                x, y = split.batch(slice(start, start + batch_size), model.spec)
+                x = x.to(device)
+                y = None if y is None else y.to(device)
+                chunk = max(1, min(k, max_weights // max(1, x.shape[0])))
+                scores = m.score(model, x, y, k, chunk, generator)
+                nll.append(scores.nll.cpu())
+                if scores.stderr is not None:
+                    stderr.append(scores.stderr.cpu())
+    finally:
+        model.train(was_training)
+    return Scores(torch.cat(nll), torch.cat(stderr) if stderr else None)
+
+
 def per_example_nll(
     model: GenerativeModel,
     split: Split,
@@ -141,34 +370,9 @@ def per_example_nll(
     seed: int = 0,
     max_weights: int = 2**20,
 ) -> Tensor:
-    """NLL (or its bound/estimate) of every example of ``split``, in nats, float64, shape (N,).
-
-    ``max_weights`` caps batch size x importance samples held at once: k up to thousands is
-    evaluated in chunks of samples.
-    """
-    method = resolve_method(model, method)
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(split), batch_size):
-                x, y = split.batch(slice(start, start + batch_size), model.spec)
-                x = x.to(device)
-                y = None if y is None else y.to(device)
-                if method == "exact":
-                    nll = -model.log_prob(x, y).double()
-                else:
-                    chunk = max(1, min(k, max_weights // max(1, x.shape[0])))
-                    fn = _iwae_nll if method == "iwae" else _elbo_nll
-                    nll = fn(model, x, y, k, chunk, generator)
-                out.append(nll.cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    """NLL (or its bound/estimate) of every example of ``split``, in nats, float64, shape (N,)."""
+    return per_example_scores(model, split, method=method, k=k, batch_size=batch_size,
+                              seed=seed, max_weights=max_weights).nll
 
 
 def evaluate(
@@ -182,33 +386,27 @@ def evaluate(
     seed: int = 0,
 ) -> Evaluation:
     """Score ``split`` and label the number with what it is (see the module docstring)."""
-    method = resolve_method(model, method)
+    name = resolve_method(model, method)
+    m = _METHODS[name]
     if k is None:
-        k = 1 if method != "iwae" else 1000
+        k = m.default_k or 1
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
-    nll = per_example_nll(model, split, method=method, k=k, batch_size=batch_size, seed=seed)
+    scores = per_example_scores(model, split, method=name, k=k, batch_size=batch_size,
+                                seed=seed)
+    nll = scores.nll
     spec = model.spec
     continuous = spec.kind is DataKind.CONTINUOUS
     dequant = model.dequantization if spec.kind.is_discrete else None
-    if method == "exact":
-        kind = "density" if continuous else "exact"
-        label = "negative log-density (continuous data)" if continuous else "exact NLL"
-        k_out = None
-    elif method == "elbo":
-        kind = "upper_bound" if not continuous else "density_bound"
-        draws = f"{k} draw{'s' if k > 1 else ''} per example"
-        target = "negative log-density" if continuous else "NLL"
-        label = f"-ELBO, an upper bound on the {target} ({draws})"
-        k_out = k
-    else:
-        kind = "estimate" if not continuous else "density_estimate"
-        label = f"IWAE({k}) estimate of the NLL (an upper bound in expectation)"
-        k_out = k
+    kind = CONTINUOUS_KIND[m.kind] if continuous else m.kind
+    label = m.label(model, k)
     if dequant:
         label += f"; {dequant} dequantization"
     mean = float(nll.mean())
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
+    estimator_se = None
+    if scores.stderr is not None:
+        estimator_se = float(scores.stderr.pow(2).sum().sqrt() / len(nll))
     bpd = None if continuous else bits_per_dim(mean, spec.dim)
     perplexity = bits_per_char = None
     if spec.kind is DataKind.TOKENS:
@@ -222,15 +420,16 @@ def evaluate(
         nll_nats=mean,
         bpd=bpd,
         kind=kind,
-        method=method,
+        method=name,
         label=label,
         split=split_name,
         n=len(nll),
-        k=k_out,
+        k=k if m.default_k is not None else None,
         stderr_nats=stderr,
         median_nats=float(nll.median()),
         dequantization=dequant,
         seed=seed,
         perplexity=perplexity,
         bits_per_char=bits_per_char,
+        estimator_stderr_nats=estimator_se,
     )

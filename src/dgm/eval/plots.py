@@ -67,16 +67,18 @@ def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [m for m in metrics if "epoch" in m and "val_nll" in m]
+    # "val" is the monitor's score; runs written before the monitor existed call it "val_nll".
+    rows = [{**m, "val": m.get("val", m.get("val_nll"))} for m in metrics
+            if "epoch" in m and ("val" in m or "val_nll" in m)]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if rows:
         ep = [m["epoch"] for m in rows]
         ax.plot(ep, [m["train_loss"] for m in rows], label="train loss (nats/example)")
-        ax.plot(ep, [m["val_nll"] for m in rows], label=f"validation ({rows[0]['val_method']})")
-        best = min(rows, key=lambda m: m["val_nll"])
+        ax.plot(ep, [m["val"] for m in rows], label=f"validation ({rows[0]['val_method']})")
+        best = min(rows, key=lambda m: m["val"])
         ax.axvline(best["epoch"], color="gray", ls=":", label=f"best epoch {best['epoch']}")
-        lo = min(min(m["train_loss"] for m in rows), min(m["val_nll"] for m in rows))
-        hi = np.percentile([m["val_nll"] for m in rows] + [m["train_loss"] for m in rows], 90)
+        lo = min(min(m["train_loss"] for m in rows), min(m["val"] for m in rows))
+        hi = np.percentile([m["val"] for m in rows] + [m["train_loss"] for m in rows], 90)
         if hi > lo:
             ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("epoch")

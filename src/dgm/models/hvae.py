@@ -58,6 +58,7 @@ from dgm.core.distributions import (
     log_standard_normal,
 )
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
@@ -465,13 +466,14 @@ class HierarchicalVAE(GenerativeModel):
             out[f"kl_{i + 1}"] = weight * kl
         return out
 
+    def after_step(self, info: StepInfo) -> None:
+        """One optimizer step was taken: advance the KL warm-up's step counter."""
+        self.num_updates += 1
+
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x | z_1) + w Σ_l KL_l per example (the negative ELBO when β = 1 with no
-        warm-up and no free bits), or -IWAE(k) when ``iwae_k`` > 1. A training step (module in
-        training mode, gradients on) advances the warm-up counter."""
+        warm-up and no free bits), or -IWAE(k) when ``iwae_k`` > 1."""
         weight = self.kl_weight()
-        if self.training and torch.is_grad_enabled():
-            self.num_updates += 1
         if self.config.iwae_k > 1:
             return objectives.iwae_loss(self.log_weights(x, self.config.iwae_k))
         return torch.stack(list(self._terms(x, weight).values())).sum(dim=0)

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgm.core.base import Fit, GenerativeModel, Likelihood
+from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.fitting import EMFit, GradientFit
 from dgm.core.dequantize import dequantization_log_jacobian, quantize, uniform_dequantize
 from dgm.core.distributions import log_normal_diag
 from dgm.core.errors import ConfigError, DataError
@@ -47,7 +48,7 @@ from dgm.data.spec import DataKind, DataSpec
 
 __all__ = ["MoGConfig", "MoG"]
 
-_FITS = {"gradient": Fit.GRADIENT, "em": Fit.EM}
+_FITS = {"gradient": GradientFit(), "em": EMFit()}
 
 # Rows (examples x draws) scored at once: the (rows, K, D) tensor of per-coordinate terms
 # stays at a few tens of MB for digits-sized data.

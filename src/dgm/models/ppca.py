@@ -53,7 +53,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from dgm.core.base import Fit, GenerativeModel, Likelihood
+from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.fitting import EMFit
 from dgm.core.distributions import LOG_2PI, log_standard_normal
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import register_model
@@ -157,7 +158,7 @@ class PPCA(GenerativeModel):
 
     On continuous data y = x and ``log_prob`` is exact. On discrete data y = x + u with
     u ~ U[0, 1)^D, ``log_prob`` is the exact expectation E_u log p(x + u) <= log P(x) and
-    ``log_weights`` gives k dequantization draws for the IWAE(k) bound. ``fit = Fit.EM``: the
+    ``log_weights`` gives k dequantization draws for the IWAE(k) bound. ``fit = EMFit()``: the
     trainer accumulates (count, Σ y, Σ y yᵀ) and :meth:`em_maximize` sets the ML solution.
     Parameters are float64: W (D, M), b (D,) and log σ².
 
@@ -181,7 +182,7 @@ class PPCA(GenerativeModel):
     likelihood = Likelihood.EXACT
     data_kinds = frozenset({DataKind.CONTINUOUS, DataKind.DISCRETE, DataKind.BINARY})
     dequantization = "uniform"
-    fit = Fit.EM
+    fit = EMFit()
 
     def __init__(self, spec: DataSpec, config: PPCAConfig | None = None) -> None:
         super().__init__(spec)

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.objectives import check_objective, free_bits, iwae_loss, kl_weight
@@ -313,9 +314,9 @@ class VAE(GenerativeModel):
         lam = self.config.free_bits * self.latent_dim / kl.shape[-1]
         return self.kl_weight() * free_bits(kl, lam)
 
-    def _count_update(self) -> None:
-        if self.training and torch.is_grad_enabled():
-            self.num_updates += 1
+    def after_step(self, info: StepInfo) -> None:
+        """One optimizer step was taken: advance the KL warm-up's step counter."""
+        self.num_updates += 1
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The config's objective per example: -log p(x | z) + w_t · KL (the negative ELBO
@@ -325,7 +326,6 @@ class VAE(GenerativeModel):
         else:
             terms = self.elbo_terms(x)
             loss = terms.reconstruction + self._regularizer(terms.kl_groups)
-        self._count_update()
         return loss
 
     def loss_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ from dgm.core.attention import TransformerBlock
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import log_categorical
 from dgm.core.errors import ConfigError
+from dgm.core.fitting import StepInfo
 from dgm.core.heads import CategoricalHead, check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
@@ -144,14 +145,21 @@ class VectorQuantizer(nn.Module):
         return torch.bincount(codes.reshape(-1), minlength=self.num_codes)
 
     @torch.no_grad()
-    def track(self, z_e: Tensor, codes: Tensor) -> None:
-        """After a training batch: update the usage, and the EMA codebook if there is one."""
-        counts = self.histogram(codes).to(self.usage.dtype)
+    def track(
+        self, z_e: Tensor, codes: Tensor, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        """After a training step: update the usage, and the EMA codebook if there is one.
+
+        ``reduce`` sums the batch's statistics (counts n_k and sums Σ z_e) across processes, so
+        that every process moves its codebook by the same global-batch statistics.
+        """
+        reduce = reduce or (lambda t: t)
+        counts = reduce(self.histogram(codes).to(self.usage.dtype))
         self.usage.lerp_(counts / counts.sum(), 1.0 - self.usage_decay)
         if self.update != "ema":
             return
         one_hot = F.one_hot(codes.reshape(-1), self.num_codes).to(z_e.dtype)  # (M, K)
-        sums = one_hot.T @ z_e.detach().reshape(-1, self.code_dim)  # (K, d)
+        sums = reduce(one_hot.T @ z_e.detach().reshape(-1, self.code_dim))  # (K, d)
         self.ema_count.lerp_(counts.to(self.ema_count.dtype), 1.0 - self.ema_decay)
         self.ema_sum.lerp_(sums, 1.0 - self.ema_decay)
         total = self.ema_count.sum()
@@ -160,14 +168,23 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(-1))
 
     @torch.no_grad()
-    def restart_dead(self, z_e: Tensor) -> int:
-        """Re-seed dead codes from random rows of z_e (..., d); returns how many were."""
+    def restart_dead(
+        self, z_e: Tensor, broadcast: Callable[[Tensor], Tensor] | None = None
+    ) -> int:
+        """Re-seed dead codes from random rows of z_e (..., d); returns how many were.
+
+        ``broadcast`` copies process 0's new vectors to every process (the usage that decides
+        which codes are dead is the same everywhere once ``track`` has summed its counts).
+        """
         dead = (self.usage < self.dead_threshold / self.num_codes).nonzero().squeeze(-1)
         if dead.numel() == 0:
             return 0
         pool = z_e.detach().reshape(-1, self.code_dim)
         pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device)
-        self.codebook[dead] = pool[pick].to(self.codebook.dtype)
+        fresh = pool[pick].to(self.codebook.dtype).contiguous()
+        if broadcast is not None:
+            fresh = broadcast(fresh)
+        self.codebook[dead] = fresh
         self.usage[dead] = 1.0 / self.num_codes  # a grace period before it can die again
         if self.update == "ema":
             count = self.ema_count.mean()
@@ -432,6 +449,8 @@ class VQVAE(GenerativeModel):
             dropout=config.prior_dropout,
         )
         self.inputs = EncoderInput(spec)
+        # The last training batch's encoder outputs and codes, for after_step (not state).
+        self._pending: tuple[Tensor, Tensor] | None = None
 
     # --- the networks
 
@@ -493,18 +512,15 @@ class VQVAE(GenerativeModel):
     def terms(self, x: Tensor) -> VQTerms:
         """The loss terms per example (see :class:`VQTerms`).
 
-        In training mode with gradients on, the quantizer also restarts dead codes (before
-        quantizing, if ``restart_dead``), tracks usage and, with EMA updates, moves the codebook.
+        In training mode with gradients on, the encoder outputs and codes are kept for
+        :meth:`after_step`, which moves the codebook once the trainer has taken the step.
         """
         self.check_input(x)
         x = self._flat(x)
         z_e = self._encode(x)
-        update = self.training and torch.is_grad_enabled()
-        if update and self.config.restart_dead:
-            self.quantizer.restart_dead(z_e)
         q = self.quantizer(z_e)
-        if update:
-            self.quantizer.track(z_e, q.codes)
+        if self.training and torch.is_grad_enabled():
+            self._pending = (z_e.detach(), q.codes)
         reconstruction = -self.head.log_prob(x, self._decode(q.straight_through))
         if self.config.codebook_update == "loss":
             codebook = ((z_e.detach() - q.vectors) ** 2).sum(dim=(1, 2))
@@ -513,6 +529,18 @@ class VQVAE(GenerativeModel):
         commitment = ((z_e - q.vectors.detach()) ** 2).sum(dim=(1, 2))
         prior = -self.prior.log_prob(q.codes)  # the codes are indices: no gradient reaches f
         return VQTerms(reconstruction, codebook, commitment, prior)
+
+    def after_step(self, info: StepInfo) -> None:
+        """After a step the trainer took: track code usage and, with ``codebook_update: ema``,
+        move the codebook by the batch's statistics (summed across processes); then restart
+        dead codes from the batch's encoder outputs (process 0's, broadcast)."""
+        if self._pending is None:
+            return
+        z_e, codes = self._pending
+        self._pending = None
+        self.quantizer.track(z_e, codes, info.all_reduce_sum)
+        if self.config.restart_dead:
+            self.quantizer.restart_dead(z_e, info.broadcast)
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x | z_q) + ‖sg(f) - e‖² + β ‖f - sg(e)‖² - log p(sg(c)) per example."""

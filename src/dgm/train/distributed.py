@@ -22,6 +22,7 @@ __all__ = [
     "rank",
     "world_size",
     "all_reduce_sum",
+    "broadcast",
     "barrier",
     "local_device",
 ]
@@ -79,3 +80,10 @@ def local_device(device: str) -> torch.device:
     ):
         raise ConfigError("train.device is mps but MPS is not available")
     return torch.device(device)
+
+
+def broadcast(t: Tensor, src: int = 0) -> Tensor:
+    """Copy process ``src``'s ``t`` to every process in place (a no-op in one process)."""
+    if is_distributed():
+        dist.broadcast(t, src)
+    return t

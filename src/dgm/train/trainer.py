@@ -1,11 +1,13 @@
 """The one trainer: every family, one loop.
 
-Per epoch: shuffle with the run's generator, step through in-memory batches (no DataLoader),
-then score the validation split with the model's natural method (exact NLL or -ELBO), keep the
-best weights, write a metrics line and an exact checkpoint, and stop after ``patience`` epochs
-without improvement. Models fitted by EM get an E-step pass and an M-step instead of optimizer
-steps. Under ``torchrun`` each global batch is split across processes and the loss is scaled so
-that the averaged gradient equals the single-process gradient of the same global batch.
+Per epoch: shuffle with the run's generator, step through in-memory batches (no DataLoader)
+with the model's update rule (:mod:`dgm.train.updates`: plain gradient, EM, two players, main +
+auxiliary), then score the validation split with the monitor (:mod:`dgm.train.validation`: the
+model's natural likelihood method, a labelled validation objective or a sample-quality score),
+keep the best weights, write a metrics line and an exact checkpoint, and stop after
+``patience`` epochs without improvement. Under ``torchrun`` each global batch is split across
+processes and every objective is scaled so that the averaged gradient equals the
+single-process gradient of the same global batch.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dgm.config import OptimConfig, RunConfig, save_config
-from dgm.core.base import Fit, GenerativeModel
+from dgm.core.base import GenerativeModel
 from dgm.core.configuration import from_dict, to_dict
 from dgm.core.errors import CheckpointError, ConfigError, TrainingError
+from dgm.core.fitting import MAIN, StepInfo
 from dgm.core.registry import model_entry
 from dgm.data.dataset import Dataset, Split
 from dgm.data.dataset import load as load_dataset
-from dgm.eval.likelihood import per_example_nll, resolve_method
 from dgm.train import distributed as dist
 from dgm.train.checkpoint import (
     flatten_optimizer_state,
@@ -56,13 +58,26 @@ from dgm.train.run import (
     open_run,
     write_json_atomic,
 )
+from dgm.train.updates import average_gradients, make_update_rule, total_steps
+from dgm.train.validation import resolve_monitor
 
 __all__ = ["TrainResult", "train", "make_optimizer", "lr_factor"]
+
+# Within an epoch, a line of progress at most this often when stderr is not a terminal.
+LOG_EVERY_S = 30.0
+# Between epochs (not a terminal): a line at most this often, plus the first and the last.
+EPOCH_LOG_EVERY_S = 5.0
+# On a terminal, a bar over the batches of an epoch with at least this many batches.
+BATCH_BAR_MIN = 50
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished (or early-stopped) run reached."""
+    """What a finished (or early-stopped) run reached.
+
+    ``best_val`` is the monitor's score (``val_method``, described by ``val_label``): nats per
+    example for a likelihood method, else what the label says.
+    """
 
     run_dir: Path
     epochs: int
@@ -73,6 +88,7 @@ class TrainResult:
     wall_s: float
     cpu_s: float
     num_parameters: int
+    val_label: str = ""
 
 
 @dataclass
@@ -80,16 +96,17 @@ class _State:
     """Loop bookkeeping saved in every checkpoint (everything else is tensors)."""
 
     epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
+    step: int = 0  # optimizer steps taken, all players together
+    steps: dict[str, int] = field(default_factory=dict)  # per player
+    lr_scale: dict[str, float] = field(default_factory=dict)  # per player, halved on rollback
     best_val: float = math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
     rollbacks: int = 0
-    lr_scale: float = 1.0
     wall_s: float = 0.0
     cpu_s: float = 0.0
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)  # the update rule's own state
 
 
 def make_optimizer(params: Any, oc: OptimConfig) -> torch.optim.Optimizer:
@@ -123,22 +140,35 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator) -> Itera
 
 def _resolved_model_config(name: str, model: GenerativeModel, given: dict[str, Any]) -> dict:
     cfg = getattr(model, "config", None)
-    fields = to_dict(cfg) if cfg is not None else dict(given)
-    return {"name": name, **fields}
+    fields_ = to_dict(cfg) if cfg is not None else dict(given)
+    return {"name": name, **fields_}
 
 
 def _resolved(config: RunConfig, section: str) -> dict[str, Any]:
     """A config section with every default filled in, for comparing a resume with its run."""
     if section == "model":
         entry = model_entry(config.model_name)
-        fields = to_dict(from_dict(entry.config_cls, config.model_options, "model"))
-        return {"name": config.model_name, **fields}
+        values = to_dict(from_dict(entry.config_cls, config.model_options, "model"))
+        return {"name": config.model_name, **values}
     return to_dict(getattr(config, section))
 
 
 def _log(msg: str) -> None:
     if dist.rank() == 0:
         print(msg, file=sys.stderr, flush=True)
+
+
+class _EpochTotals:
+    """Per-player sums of the training objective over an epoch (summed across processes)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, player: str, values: Tensor) -> None:
+        total = values.detach().double().sum().cpu()
+        self.sums[player] = self.sums.get(player, torch.zeros((), dtype=torch.float64)) + total
+        self.counts[player] = self.counts.get(player, 0) + values.numel()
 
 
 class _Trainer:
@@ -174,31 +204,50 @@ class _Trainer:
         )
         self.train_split = self.dataset.train.to(self.device)
         self.val_split = self.dataset.val.to(self.device)
-        self.val_method = resolve_method(self.model, "auto")
+        self.monitor = resolve_monitor(
+            self.model, tc.monitor, self.dataset, k=tc.val_k, batch_size=tc.eval_batch_size,
+            seed=tc.seed, samples=tc.monitor_samples,
+        )
+        self.val_method = self.monitor.name
         self.state = _State()
         if not resume and base_run is None:
             init_gen = torch.Generator().manual_seed(tc.seed + 1)
             x_init = self._init_subset(init_gen)
             self.model.initialize_from_data(x_init, init_gen)
         self.model.to(self.device)
-        self.em = self.model.fit is Fit.EM
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.em and not params:
-            raise ConfigError(f"{config.model_name} has no trainable parameters")
-        self.optimizer = None if self.em else make_optimizer(params, config.optim)
+        self.rule = make_update_rule(
+            self.model, lambda name, params: make_optimizer(params, config.optim_for(name))
+        )
+        unknown = set(config.players) - set(self.rule.players)
+        if unknown:
+            raise ConfigError(
+                f"players: {', '.join(sorted(unknown))} not a player of {config.model_name} "
+                f"(its players: {', '.join(self.rule.players) or 'none, it is fitted by EM'})"
+            )
+        for name in self.rule.players:
+            self.state.steps.setdefault(name, 0)
+            self.state.lr_scale.setdefault(name, 1.0)
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay else None
         self.wrapped: nn.Module = self.model
-        if self.distributed and not self.em:
+        if self.distributed and self.rule.uses_ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
-        steps_per_epoch = math.ceil(len(self.train_split) / tc.batch_size)
-        self.total_steps = tc.epochs * steps_per_epoch
+        self.batches_per_epoch = math.ceil(len(self.train_split) / tc.batch_size)
+        self.total_steps = {
+            name: total_steps(self.rule, name, tc.epochs * self.batches_per_epoch)
+            for name in self.rule.players
+        }
         if resume:
             self._restore()
         elif self.main:
             self._write_new_run()
+            self._save_last()  # a run killed in its first epoch can still be resumed
         self._good = self._snapshot()
-        self._bad_steps = 0
+        self._bad_steps = {name: 0 for name in self.rule.players}
+        self._totals = _EpochTotals()
+        self._step_taken = False
+        self._epoch = 0
+        self._batch = 0
 
     # -- run directory ------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -237,12 +286,15 @@ class _Trainer:
             "data": self.config.data.name,
             "data_spec": self.dataset.spec.to_dict(),
             "likelihood": self.model.likelihood_on(self.dataset.spec.kind).value,
+            "fit": type(self.model.fit).__name__,
+            "players": list(self.rule.players),
             "val_method": self.val_method,
+            "val_label": self.monitor.label,
             "num_parameters": self.model.num_parameters(),
             "status": status,
             "epochs_completed": s.epoch,
             "best_epoch": s.best_epoch,
-            "best_val_nats": s.best_val if math.isfinite(s.best_val) else None,
+            "best_val": s.best_val if math.isfinite(s.best_val) else None,
             "stopped_early": s.stopped_early,
             "wall_s": s.wall_s,
             "cpu_s": s.cpu_s,
@@ -267,12 +319,13 @@ class _Trainer:
     def _checkpoint_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = prefixed("model", self.model.state_dict())
         plain: dict[str, Any] = {}
-        if self.optimizer is not None:
-            opt_tensors, plain = flatten_optimizer_state(self.optimizer.state_dict())
-            tensors.update(prefixed("optim", opt_tensors))
+        for name, player in self.rule.players.items():
+            opt_tensors, plain[name] = flatten_optimizer_state(player.optimizer.state_dict())
+            tensors.update(prefixed(f"optim.{name}", opt_tensors))
         if self.ema is not None:
             tensors.update(prefixed("ema", self.ema.state_tensors()))
         tensors.update(prefixed("rng", rng_tensors(self.generator)))
+        self.state.rule = self.rule.state()
         state = {"loop": self.state.__dict__, "optim": plain}
         return tensors, state
 
@@ -281,29 +334,46 @@ class _Trainer:
         save_tensors(self.run_dir / LAST, tensors, state)
 
     def _restore(self) -> None:
-        tensors, state = load_tensors(self.run_dir / LAST)
-        self.model.load_state_dict(strip_prefix("model", tensors))
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(
-                unflatten_optimizer_state(strip_prefix("optim", tensors), state["optim"])
-            )
-        if self.ema is not None:
-            self.ema.load_state_tensors(strip_prefix("ema", tensors))
-        restore_rng(strip_prefix("rng", tensors), self.generator)
-        self.state = _State(**state["loop"])
+        path = self.run_dir / LAST
+        tensors, state = load_tensors(path)
+        try:
+            known = {f.name for f in fields(_State)}
+            loop = state["loop"]
+            if not isinstance(loop, dict) or set(loop) - known:
+                raise ValueError(f"unexpected loop state keys {sorted(set(loop) - known)}")
+            self.state = _State(**loop)
+            self.model.load_state_dict(strip_prefix("model", tensors))
+            for name, player in self.rule.players.items():
+                player.optimizer.load_state_dict(unflatten_optimizer_state(
+                    strip_prefix(f"optim.{name}", tensors), state["optim"][name]
+                ))
+            if self.ema is not None:
+                self.ema.load_state_tensors(strip_prefix("ema", tensors))
+            restore_rng(strip_prefix("rng", tensors), self.generator)
+            self.rule.load_state(self.state.rule)
+            if set(self.state.steps) != set(self.rule.players):
+                raise ValueError(f"players {sorted(self.state.steps)} in the checkpoint")
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path} does not hold a checkpoint of this run's model and trainer ({e}); "
+                "train again into a new --out"
+            ) from None
         if self.main:  # drop metric lines written after the checkpoint (a crash mid-epoch)
             lines = (self.run_dir / METRICS).read_text().splitlines()
             kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= self.state.epoch]
             (self.run_dir / METRICS).write_text("".join(ln + "\n" for ln in kept))
 
-    def _snapshot(self) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-        opt = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
-        return copy.deepcopy(self.model.state_dict()), opt
+    def _snapshot(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+        optimizers = {
+            name: copy.deepcopy(p.optimizer.state_dict()) for name, p in self.rule.players.items()
+        }
+        return copy.deepcopy(self.model.state_dict()), optimizers, self.rule.state()
 
     def _save_best(self, epoch: int, val: float) -> None:
         if self.ema is not None:
             self.ema.swap(self.model)
-        meta = {"epoch": epoch, "val_nats": val, "val_method": self.val_method}
+        meta = {"epoch": epoch, "val": val, "val_method": self.val_method,
+                "val_label": self.monitor.label}
         save_tensors(self.run_dir / BEST, self.model.state_dict(), meta)
         if self.ema is not None:
             self.ema.swap(self.model)
@@ -319,21 +389,23 @@ class _Trainer:
         return float(dist.all_reduce_sum(flag)) == 0.0
 
     def _non_finite(
-        self, epoch: int, batch: int, x: Tensor, y: Tensor | None, what: str, rng: Tensor
+        self, player: str, what: str, rng: Tensor, terms: Callable[[], dict[str, Tensor]]
     ) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.set_rng_state(rng)  # replay the step's noise so that the same term fails
-            terms = self.model.loss_terms(x, y)
-        bad = [name for name, v in terms.items() if not torch.isfinite(v).all()]
+            values = terms()
+        bad = [name for name, v in values.items() if not torch.isfinite(v).all()]
         names = ", ".join(bad) if bad else "none of the loss terms (the gradient)"
+        who = "" if player == MAIN else f" of player {player}"
+        epoch, batch = self._epoch, self._batch
         msg = (
-            f"non-finite {what} at epoch {epoch + 1}, batch {batch}: term(s) {names}; "
+            f"non-finite {what}{who} at epoch {epoch + 1}, batch {batch}: term(s) {names}; "
             "step skipped"
         )
         self._event({"event": "non_finite", "epoch": epoch + 1, "batch": batch,
-                     "what": what, "terms": bad})
-        self._bad_steps += 1
-        if self._bad_steps < self.tc.max_bad_steps:
+                     "player": player, "what": what, "terms": bad})
+        self._bad_steps[player] += 1
+        if self._bad_steps[player] < self.tc.max_bad_steps:
             _log(msg)
             return
         self.state.rollbacks += 1
@@ -342,112 +414,177 @@ class _Trainer:
                 f"{msg}; still non-finite after {self.tc.max_rollbacks} rollbacks with a halved "
                 "learning rate each time. Lower optim.lr, set train.grad_clip, or check the data."
             )
-        model_sd, opt_sd = self._good
+        model_sd, optimizers, rule_state = self._good
         self.model.load_state_dict(model_sd)
-        if self.optimizer is not None and opt_sd is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(opt_sd))
-        self.state.lr_scale *= 0.5
-        self._bad_steps = 0
-        _log(f"{msg}; rolled back to the start of the epoch, learning rate halved")
-        self._event({"event": "rollback", "epoch": epoch + 1, "lr_scale": self.state.lr_scale})
+        for name, p in self.rule.players.items():
+            p.optimizer.load_state_dict(copy.deepcopy(optimizers[name]))
+        self.rule.load_state(rule_state)
+        self.state.lr_scale[player] *= 0.5
+        self._bad_steps = {name: 0 for name in self.rule.players}
+        _log(f"{msg}; rolled back to the start of the epoch, learning rate{who} halved")
+        self._event({"event": "rollback", "epoch": epoch + 1, "player": player,
+                     "lr_scale": self.state.lr_scale[player]})
 
-    def _gradient_epoch(self, epoch: int) -> float:
-        assert self.optimizer is not None
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        params = [p for p in self.model.parameters() if p.requires_grad]
+    def take(
+        self, player: str, objective: Callable[[], Tensor], *, per_example: bool = True
+    ) -> Tensor | None:
+        """One optimizer step of ``player`` (the :class:`~dgm.train.updates.Steps` protocol)."""
+        p = self.rule.players[player]
+        rng = torch.get_rng_state()
+        values = objective()
+        if per_example:
+            total = values.sum() * (self.world / self._global_batch)
+        else:
+            total = values.sum()
+
+        def terms() -> dict[str, Tensor]:
+            if player == MAIN and per_example:
+                return self.model.loss_terms(self._x, self._y)
+            return {player: objective()}
+
+        if not self._all_finite(total.detach()):
+            self._non_finite(player, "loss", rng, terms)
+            return None
+        p.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if not self.rule.uses_ddp:
+            average_gradients(p.params, self.world)
         clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(p.params, clip)
+        if not self._all_finite(grad_norm):
+            p.optimizer.zero_grad(set_to_none=True)
+            self._non_finite(player, "gradient", rng, terms)
+            return None
+        oc = self.config.optim_for(player)
+        steps = self.state.steps[player]
+        lr = oc.lr * self.state.lr_scale[player] * lr_factor(steps, self.total_steps[player], oc)
+        for group in p.optimizer.param_groups:
+            group["lr"] = lr
+        p.optimizer.step()
+        self.state.steps[player] = steps + 1
+        self.state.step += 1
+        self._bad_steps[player] = 0
+        self._step_taken = True
+        self.model.after_step(StepInfo(player, steps + 1, dist.all_reduce_sum, dist.broadcast))
+        detached = values.detach()
+        self.record(player, detached if per_example else detached.reshape(1))
+        return detached
+
+    def record(self, player: str, values: Tensor) -> None:
+        self._totals.add(player, values)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self._epoch = epoch
+        self._totals = _EpochTotals()
         spec = self.dataset.spec
+        bar = self._batch_bar(epoch)
+        t0 = last_log = time.perf_counter()
+        self.rule.begin_epoch()
         for b, idx in enumerate(_batches(self.train_split, self.tc.batch_size, self.generator)):
             x, y = self.train_split.batch(idx.to(self.train_split.x.device), spec, self._data_gen())
-            xs, ys = self._shard(x, y)
-            rng = torch.get_rng_state()
-            loss = self.wrapped(xs, ys)
-            objective = loss.sum() * (self.world / x.shape[0])
-            if not self._all_finite(objective.detach()):
-                self._non_finite(epoch, b, xs, ys, "loss", rng)
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if not self._all_finite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._non_finite(epoch, b, xs, ys, "gradient", rng)
-                continue
-            lr = self.config.optim.lr * self.state.lr_scale
-            lr *= lr_factor(self.state.step, self.total_steps, self.config.optim)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
-            self.state.step += 1
-            self._bad_steps = 0
-            if self.ema is not None:
+            self._batch, self._global_batch = b, x.shape[0]
+            self._x, self._y = self._shard(x, y)
+            self._step_taken = False
+            self.rule.batch(self._x, self._y, self, self.wrapped)
+            if self._step_taken and self.ema is not None:
                 self.ema.update(self.model)
-            total += loss.detach().double().sum().cpu()
-            count += xs.shape[0]
-        return self._global_mean(total, count)
+            if bar is not None:
+                bar.update(1)
+            elif self.main and self.tc.progress and time.perf_counter() - last_log > LOG_EVERY_S:
+                last_log = time.perf_counter()
+                _log(f"epoch {epoch + 1}: batch {b + 1}/{self.batches_per_epoch}, "
+                     f"{last_log - t0:.0f} s")
+        if bar is not None:
+            bar.close()
+        self.rule.end_epoch()
+        return self._epoch_means()
 
-    def _em_epoch(self, epoch: int) -> float:
-        model: Any = self.model
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        spec = self.dataset.spec
-        with torch.no_grad():
-            model.em_begin()
-            for idx in _batches(self.train_split, self.tc.batch_size, self.generator):
-                x, _ = self.train_split.batch(idx.to(self.train_split.x.device), spec, self._data_gen())
-                xs, _ = self._shard(x, None)
-                ll = model.em_accumulate(xs)
-                total += -ll.double().sum().cpu()
-                count += xs.shape[0]
-            for stat in model.em_statistics():
-                dist.all_reduce_sum(stat)
-            model.em_maximize()
-        return self._global_mean(total, count)
+    def _epoch_means(self) -> dict[str, float]:
+        out = {}
+        for player in self.rule.players or [MAIN]:
+            total = self._totals.sums.get(player, torch.zeros((), dtype=torch.float64))
+            count = self._totals.counts.get(player, 0)
+            t = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]).to(
+                self.device)
+            dist.all_reduce_sum(t)
+            out[player] = float(t[0] / t[1]) if float(t[1]) > 0 else math.nan
+        return out
 
     def _data_gen(self) -> torch.Generator | None:
         # Dynamic binarization draws on the CPU generator; on other devices the global RNG.
         return self.generator if self.train_split.x.device.type == "cpu" else None
 
-    def _global_mean(self, total: Tensor, count: int) -> float:
-        t = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]).to(self.device)
-        dist.all_reduce_sum(t)
-        return float(t[0] / max(1.0, float(t[1])))
-
     def _validate(self) -> float:
         if self.ema is not None:
             self.ema.swap(self.model)
         try:
-            nll = per_example_nll(
-                self.model,
-                self.val_split,
-                method=self.val_method,
-                k=self.tc.val_k,
-                batch_size=self.tc.eval_batch_size,
-                seed=self.tc.seed,
-            )
+            return self.monitor.score(self.model, self.val_split)
         finally:
             if self.ema is not None:
                 self.ema.swap(self.model)
-        return float(nll.mean())
 
     def _event(self, record: dict[str, Any]) -> None:
         if self.main:
             with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def _batch_bar(self, epoch: int) -> Any:
+        if not (self.tc.progress and self.main and sys.stderr.isatty()):
+            return None
+        if self.batches_per_epoch < BATCH_BAR_MIN:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.batches_per_epoch, desc=f"epoch {epoch + 1}", unit="batch",
+                    leave=False, dynamic_ncols=True)
+
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            if self.main:
+                self._write_info("interrupted")
+                _log(f"interrupted; continue with --resume (last checkpoint: epoch "
+                     f"{self.state.epoch})")
+            raise
+        except Exception:
+            if self.main and (self.run_dir / INFO).exists():
+                self._write_info("failed")
+            raise
+        dist.barrier()
+        if (self.run_dir / BEST).is_file():
+            best, _ = load_tensors(self.run_dir / BEST)
+            self.model.load_state_dict(best)
+        if self.main:
+            self._write_info("finished")
+        s = self.state
+        return TrainResult(
+            run_dir=self.run_dir,
+            epochs=s.epoch,
+            best_epoch=s.best_epoch,
+            best_val=s.best_val,
+            val_method=self.val_method,
+            stopped_early=s.stopped_early,
+            wall_s=s.wall_s,
+            cpu_s=s.cpu_s,
+            num_parameters=self.model.num_parameters(),
+            val_label=self.monitor.label,
+        )
+
+    def _loop(self) -> None:
         tc, s = self.tc, self.state
         bar = _progress(tc, s.epoch, self.main)
+        last_line = -math.inf
         for epoch in range(s.epoch, tc.epochs):
             if s.stopped_early:
                 break
             wall0, cpu0 = time.perf_counter(), time.process_time()
             self.model.train()
             self._good = self._snapshot()
-            train_loss = self._em_epoch(epoch) if self.em else self._gradient_epoch(epoch)
+            losses = self._train_epoch(epoch)
             val = self._validate()
-            improved = val < s.best_val
-            if improved:
+            if val < s.best_val:
                 s.best_val, s.best_epoch, s.bad_epochs = val, epoch + 1, 0
                 if self.main:
                     self._save_best(epoch + 1, val)
@@ -461,39 +598,44 @@ class _Trainer:
             if tc.time_budget_s is not None and s.wall_s >= tc.time_budget_s:
                 s.stopped_early = True
                 self._event({"event": "time_budget", "epoch": s.epoch, "wall_s": s.wall_s})
-            lr = self.config.optim.lr * s.lr_scale * lr_factor(
-                max(0, s.step - 1), self.total_steps, self.config.optim
-            )
-            self._event({
-                "epoch": s.epoch, "train_loss": train_loss, "val_nll": val,
-                "val_method": self.val_method, "best_val": s.best_val, "lr": lr,
-                "wall_s": s.wall_s, "cpu_s": s.cpu_s, "step": s.step,
+            first = next(iter(losses))
+            record: dict[str, Any] = {"epoch": s.epoch, "train_loss": losses[first]}
+            if len(losses) > 1:
+                record.update({f"train_loss_{name}": v for name, v in losses.items()})
+            record.update({
+                "val": val, "val_method": self.val_method, "best_val": s.best_val,
+                "lr": self._current_lr(), "wall_s": s.wall_s, "cpu_s": s.cpu_s, "step": s.step,
             })
+            self._event(record)
             if self.main:
                 self._save_last()
                 self._write_info("running")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(train=f"{train_loss:.2f}", val=f"{val:.2f}", best=f"{s.best_val:.2f}")
+                bar.set_postfix(train=f"{losses[first]:.2f}", val=f"{val:.2f}",
+                                best=f"{s.best_val:.2f}")
+            elif self.main and tc.progress:
+                done = s.epoch == tc.epochs or s.stopped_early
+                if done or s.epoch == 1 or time.perf_counter() - last_line >= EPOCH_LOG_EVERY_S:
+                    last_line = time.perf_counter()
+                    _log(self._epoch_line(losses, val))
         if bar is not None:
             bar.close()
-        dist.barrier()
-        if (self.run_dir / BEST).is_file():
-            best, _ = load_tensors(self.run_dir / BEST)
-            self.model.load_state_dict(best)
-        if self.main:
-            self._write_info("finished")
-        return TrainResult(
-            run_dir=self.run_dir,
-            epochs=s.epoch,
-            best_epoch=s.best_epoch,
-            best_val=s.best_val,
-            val_method=self.val_method,
-            stopped_early=s.stopped_early,
-            wall_s=s.wall_s,
-            cpu_s=s.cpu_s,
-            num_parameters=self.model.num_parameters(),
-        )
+
+    def _current_lr(self) -> float:
+        if not self.rule.players:
+            return 0.0
+        name = next(iter(self.rule.players))
+        oc = self.config.optim_for(name)
+        step = max(0, self.state.steps[name] - 1)
+        return oc.lr * self.state.lr_scale[name] * lr_factor(step, self.total_steps[name], oc)
+
+    def _epoch_line(self, losses: dict[str, float], val: float) -> str:
+        s = self.state
+        train = ", ".join(f"{k} {v:.3f}" for k, v in losses.items())
+        return (f"epoch {s.epoch}/{self.tc.epochs}: train {train}; val {val:.3f} "
+                f"({self.val_method}); best {s.best_val:.3f} at epoch {s.best_epoch}; "
+                f"{s.wall_s:.0f} s")
 
 
 def _progress(tc: Any, start: int, main: bool) -> Any:

@@ -1,0 +1,162 @@
+"""Capabilities beyond the contract, as protocols that the trainer, evaluator, report and CLI ask.
+
+A model has a capability by defining the methods (``isinstance(model, TwoPlayer)`` checks them
+by name); no family is ever named. The update-rule declarations that go with some of them
+(``EMFit``, ``TwoPlayerFit``, ``AuxiliaryFit``) are in :mod:`dgm.core.fitting`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ImportanceWeighted",
+    "BoundedLikelihood",
+    "EstimatedLikelihood",
+    "LikelihoodEstimate",
+    "ExpectationMaximization",
+    "TwoPlayer",
+    "Auxiliary",
+    "LatentVariable",
+    "Generates",
+]
+
+
+@runtime_checkable
+class ImportanceWeighted(Protocol):
+    """A model with a lower-bound likelihood that can give importance weights."""
+
+    def log_weights(
+        self,
+        x: Tensor,
+        k: int,
+        *,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for z_1..z_k ~ q(z | x); shape (k, N).
+
+        ``y`` are the labels, which class-conditional models read (others ignore them).
+        """
+        ...
+
+
+@runtime_checkable
+class ExpectationMaximization(Protocol):
+    """A model fitted by EM: the trainer calls these once per epoch instead of an optimizer."""
+
+    def em_begin(self) -> None:
+        """Reset the sufficient statistics."""
+        ...
+
+    def em_accumulate(self, x: Tensor) -> Tensor:
+        """E-step on a batch: add its statistics; returns the batch's log-likelihoods (N,)."""
+        ...
+
+    def em_statistics(self) -> list[Tensor]:
+        """The accumulated statistics (summed across processes in distributed runs)."""
+        ...
+
+    def em_maximize(self) -> None:
+        """M-step from the accumulated statistics."""
+        ...
+
+
+@runtime_checkable
+class LatentVariable(Protocol):
+    """A latent-variable model whose inside the report can show (Book §5.4.1.2, §5.5.2).
+
+    Levels are numbered from the data up: level 0 is the latent the decoder reads, the last is
+    the top of the hierarchy (a one-level VAE has one level).
+    """
+
+    def latent_means(self, x: Tensor) -> list[Tensor]:
+        """E_q[z_l | x] per level (or the posterior's location), each (N, M_l).
+
+        Used for active units: A_u = Cov_x(E_q[z_u | x]) > 0.01 (Burda et al. 2016, §5.2).
+        """
+        ...
+
+    def kl_per_level(self, x: Tensor) -> list[Tensor]:
+        """The regularizer of each level, each (N,): the KL in closed form where there is one,
+        else its one-sample estimate log q - log p; they sum to the ELBO's regularizer."""
+        ...
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) of the top level, z (N, M_top) -> (N,)."""
+        ...
+
+    def decode_top(self, z: Tensor) -> Tensor:
+        """The most probable example for top-level latents z (N, M_top), lower levels (if any)
+        set to their prior means; shape (N, *event_shape) in the data's dtype."""
+        ...
+
+
+@runtime_checkable
+class BoundedLikelihood(Protocol):
+    """A model whose ``log_prob`` is a lower bound that is *not* built from importance weights
+    (a diffusion model's variational bound): the evaluator averages it and never passes it
+    through IWAE's log-mean-exp. The method says what the bound is, for the label."""
+
+    def bound_name(self) -> str:
+        """A short name of the bound, e.g. ``"diffusion VLB (T = 1000)"``."""
+        ...
+
+
+@dataclass(frozen=True)
+class LikelihoodEstimate:
+    """An estimate of log p(x) per example with the standard error of that estimate, (N,) each."""
+
+    log_prob: Tensor
+    stderr: Tensor
+
+
+@runtime_checkable
+class EstimatedLikelihood(Protocol):
+    """A model whose likelihood is an estimate with an error bar (AIS for log Z, an ODE
+    likelihood with a Hutchinson trace): ``likelihood = Likelihood.ESTIMATE``."""
+
+    def log_prob_estimate(
+        self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> LikelihoodEstimate:
+        ...
+
+
+@runtime_checkable
+class TwoPlayer(Protocol):
+    """Two players with their own parameters and objectives (``fit = TwoPlayerFit(...)``).
+
+    ``player_loss(name, x, y)`` is that player's objective per example (N,) (minimized);
+    ``player_parameters(name)`` the parameters its optimizer moves (disjoint between players).
+    """
+
+    def player_parameters(self, player: str) -> list[nn.Parameter]:
+        ...
+
+    def player_loss(self, player: str, x: Tensor, y: Tensor | None = None) -> Tensor:
+        ...
+
+
+@runtime_checkable
+class Auxiliary(Protocol):
+    """A main objective (``loss``) and a scalar auxiliary one on disjoint parameters
+    (``fit = AuxiliaryFit()``), e.g. an entropy bottleneck's quantile parameters."""
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        ...
+
+    def auxiliary_loss(self) -> Tensor:
+        """A scalar, minimized by the auxiliary optimizer only."""
+        ...
+
+
+@runtime_checkable
+class Generates(Protocol):
+    """A sequence model that continues a prompt of token ids (text, SMILES)."""
+
+    def generate(self, prefix: Tensor, steps: int, **options: object) -> Tensor:
+        ...
