@@ -70,3 +70,37 @@ def test_unknown_method(digits):
     model = build_model("independent", digits.spec)
     with pytest.raises(ConfigError, match="unknown method"):
         evaluate(model, digits.test, method="magic")
+
+
+def test_a_bound_that_is_not_importance_weighted_is_only_averaged(digits):
+    model = build_model("test_vlb", digits.spec, sigma=1.0)
+    exact = float(-model.exact_log_prob(digits.test.x[:1])[0])
+    e = evaluate(model, digits.test)
+    assert e.method == "bound" and e.kind == "upper_bound" and "test VLB" in e.label
+    # More draws average the bound: its mean stays σ²/2 above the NLL (a log-mean-exp of the
+    # draws would fall below it and bound nothing).
+    many = evaluate(model, digits.test, method="bound", k=50)
+    assert many.nll_nats == pytest.approx(exact + 0.5, abs=0.02)
+    with pytest.raises(ConfigError, match="not built from importance weights"):
+        evaluate(model, digits.test, method="iwae", k=10)
+    with pytest.raises(ConfigError, match="importance"):
+        evaluate(model, digits.test, method="elbo")
+
+
+def test_an_estimate_carries_its_standard_error(digits):
+    model = build_model("test_estimate", digits.spec, sigma=2.0)
+    exact = float(-model.exact_log_prob(digits.test.x[:1])[0])
+    e = evaluate(model, digits.test)
+    assert e.method == "estimate" and e.kind == "estimate" and e.k is None
+    # σ = 2 per example over 447 examples: the estimator's standard error is 2 / √447.
+    assert e.estimator_stderr_nats == pytest.approx(2.0 / math.sqrt(447))
+    assert abs(e.nll_nats - exact) < 4 * e.estimator_stderr_nats
+    assert "estimator ±" in e.line()
+
+
+def test_methods_are_a_registry():
+    from dgm.eval.likelihood import EvalMethod, method_names, register_method
+
+    assert method_names()[:4] == ["auto", "exact", "elbo", "iwae"]
+    with pytest.raises(RuntimeError, match="twice"):
+        register_method(EvalMethod("exact", "exact", lambda m: None, None, lambda m, k: ""))

@@ -158,3 +158,13 @@ def test_ddp_two_processes_equal_one(tmp_path):
     assert torch.allclose(a["model.logits"], b["model.logits"], atol=1e-5)
     info = json.loads((tmp_path / "two" / "run.json").read_text())
     assert info["world_size"] == 2
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "LOG_EVERY_S", 0.0)  # a within-epoch line after every batch
+    train(_cfg("train.progress=true", "train.epochs=2"), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "epoch 1/2: train main" in err and "epoch 2/2:" in err and "(exact)" in err
+    assert "epoch 1: batch 2/10" in err
+    train(_cfg("train.progress=false", "train.epochs=1"), tmp_path / "quiet")
+    assert capsys.readouterr().err == ""

@@ -108,3 +108,50 @@ class LogNormalBound(GenerativeModel):
 
     def sample(self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(0, self.spec.num_levels, (n, *self.spec.event_shape), generator=generator)
+
+
+@register_model("test_vlb", LogNormalBoundConfig)
+class NoisyBound(GenerativeModel):
+    """A lower bound that is not importance-weighted (like a diffusion VLB): log p(x) - σ²/2 + σ ε
+    per call, with ε ~ N(0, 1); its mean is log p(x) - σ²/2 whatever the number of draws."""
+
+    likelihood = Likelihood.LOWER_BOUND
+    data_kinds = frozenset({DataKind.DISCRETE, DataKind.BINARY})
+
+    def __init__(self, spec: DataSpec, config: LogNormalBoundConfig) -> None:
+        super().__init__(spec)
+        self.config = config
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def bound_name(self) -> str:
+        return "test VLB"
+
+    def exact_log_prob(self, x: Tensor) -> Tensor:
+        return torch.full((x.shape[0],), -self.spec.dim * math.log(self.spec.num_levels),
+                          dtype=torch.float64)
+
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        s = self.config.sigma
+        eps = torch.randn(x.shape[0], dtype=torch.float64)
+        return self.exact_log_prob(x) - 0.5 * s * s + s * eps + 0 * self.dummy
+
+    def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return -self.log_prob(x, y)
+
+    def sample(self, n: int, *, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randint(0, self.spec.num_levels, (n, *self.spec.event_shape), generator=generator)
+
+
+@register_model("test_estimate", LogNormalBoundConfig)
+class NoisyEstimate(NoisyBound):
+    """An unbiased estimate of log p(x) with a known standard error σ per example."""
+
+    likelihood = Likelihood.ESTIMATE
+
+    def log_prob_estimate(self, x: Tensor, y: Tensor | None = None, *, generator=None):
+        from dgm.core.capabilities import LikelihoodEstimate
+
+        s = self.config.sigma
+        eps = torch.randn(x.shape[0], dtype=torch.float64, generator=generator)
+        return LikelihoodEstimate(self.exact_log_prob(x) + s * eps,
+                                  torch.full((x.shape[0],), s, dtype=torch.float64))
