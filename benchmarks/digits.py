@@ -25,7 +25,7 @@ from common import RESULTS, machine, write_result  # noqa: E402
 from dgm.config import load_config  # noqa: E402
 from dgm.data.dataset import load  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
-from dgm.train.run import open_run  # noqa: E402
+from dgm.runs import open_run  # noqa: E402
 from dgm.train.trainer import train  # noqa: E402
 
 # ANCHORS.md §1: the book's companion code on the same split, seed 0; CPU seconds, one thread.

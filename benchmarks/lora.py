@@ -30,7 +30,7 @@ from common import machine, write_result  # noqa: E402
 from dgm.config import load_config  # noqa: E402
 from dgm.data.dataset import load  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
-from dgm.train.run import open_run  # noqa: E402
+from dgm.runs import open_run  # noqa: E402
 from dgm.train.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,7 +38,7 @@ from dgm.config import load_config  # noqa: E402
 from dgm.core.base import GenerativeModel  # noqa: E402
 from dgm.data.dataset import load  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
-from dgm.train.run import open_run  # noqa: E402
+from dgm.runs import open_run  # noqa: E402
 from dgm.train.trainer import train  # noqa: E402
 
 TOYS = ["moons", "eight_gaussians", "checkerboard"]

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result  # noqa: E402
 
 from dgm.core.registry import build_model  # noqa: E402
-from dgm.data.spec import DataKind, DataSpec  # noqa: E402
+from dgm.core.spec import DataKind, DataSpec  # noqa: E402
 
 CASES = {
     64: DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17),

@@ -85,7 +85,7 @@ def run_one(name: str, seed: int, iwae_k: int, workdir: str) -> dict:
     from dgm.config import load_config
     from dgm.data.dataset import load
     from dgm.eval.likelihood import evaluate
-    from dgm.train.run import open_run
+    from dgm.runs import open_run
     from dgm.train.trainer import train
 
     preset, overrides, what = VARIANTS[name]

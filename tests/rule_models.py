@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.fitting import AuxiliaryFit, StepInfo, TwoPlayerFit
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ import torch
 
 from dgm import build_model
 from dgm.core.errors import ConfigError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 MODELS = ["arm_mlp", "arm_rnn"]
 

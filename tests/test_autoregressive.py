@@ -9,7 +9,7 @@ from torch import nn
 from dgm.core.base import Likelihood
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.autoregressive import ARM, ARMConfig
 
 SMALL = dict(hidden_channels=8, kernel_size=2, num_layers=3)

@@ -5,7 +5,7 @@ import torch
 
 import dgm.datasets
 from dgm.core.errors import ConfigError, DataError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 
 def test_digits_split_matches_the_book(digits):

@@ -11,7 +11,7 @@ import dgm.data.files  # noqa: F401  (registers the datasets)
 from dgm.core.errors import DataError
 from dgm.data import load
 from dgm.data.files import random_split, resolve_data_argument
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 
 # ----------------------------------------------------------------------------------- arrays
 

@@ -12,7 +12,7 @@ from util import loss_drop
 from dgm.core import Likelihood, build_model
 from dgm.core.distributions import log_standard_normal
 from dgm.core.errors import ConfigError, DataError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.flows import RealNVP, RealNVPConfig
 
 CONTINUOUS_2D = DataSpec(event_shape=(2,), kind=DataKind.CONTINUOUS)

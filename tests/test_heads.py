@@ -16,7 +16,7 @@ from dgm.core.heads import (
     GaussianHead,
     likelihood_head,
 )
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 
 def test_heads_match_torch_distributions() -> None:

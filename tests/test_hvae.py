@@ -16,7 +16,7 @@ from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.objectives import iwae_loss
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.hvae import HierarchicalVAE, HierarchicalVAEConfig
 from dgm.models.vae import VAE, VAEConfig
 

@@ -19,7 +19,7 @@ from dgm.core.transforms.integer import (
     IntegerPartitionCoupling,
     round_ste,
 )
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.idf import IDF, DiscretizedLogisticBase, IDFConfig, FactorOutBase
 from dgm.train.trainer import train
 

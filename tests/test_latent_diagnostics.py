@@ -7,7 +7,7 @@ import torch
 
 from dgm.cli import main
 from dgm.core.base import LatentVariable
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.eval.latent import interpolate, summarize_latents
 from dgm.models.posteriors import PosteriorConfig
 from dgm.models.vae import VAE, VAEConfig

@@ -11,8 +11,8 @@ from dgm.config import RunConfig
 from dgm.core.errors import ConfigError
 from dgm.core.lora import LoRALinear, apply_lora, merge_lora
 from dgm.core.registry import build_model
-from dgm.data.spec import DataKind, DataSpec
-from dgm.train.run import open_run
+from dgm.core.spec import DataKind, DataSpec
+from dgm.runs import open_run
 from dgm.train.trainer import train
 
 SPEC = DataSpec((8,), DataKind.TOKENS, num_levels=5)

@@ -10,7 +10,7 @@ from dgm.core.base import ExpectationMaximization, ImportanceWeighted, Likelihoo
 from dgm.core.fitting import EMFit, GradientFit
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.data.toys import sample_toy
 from dgm.models.mixtures import MoG, MoGConfig
 

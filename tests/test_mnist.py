@@ -20,7 +20,7 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.data import fetch as F
 from dgm.data import load
 from dgm.data.idx import checksum, idx_bytes, parse_idx, read_idx, write_idx
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 
 # ------------------------------------------------------------------------------------ IDX
 

@@ -12,7 +12,7 @@ from dgm.data import fetch as F
 from dgm.data import load
 from dgm.data.idx import checksum
 from dgm.data.molecules import MoleculeMetrics, molecule_metrics
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 
 HEADER = "NO.\tcompound_name\tSMILES\tlogBB\tBBB+/BBB-\tgroup\n"
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",

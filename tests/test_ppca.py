@@ -23,10 +23,10 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.core.objectives import iwae_loss
 from dgm.core.registry import build_model
 from dgm.data.dataset import Split
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.eval.likelihood import per_example_nll
 from dgm.models.ppca import PPCA, PPCAConfig
-from dgm.train.run import load
+from dgm.runs import load
 from dgm.train.trainer import train
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "ppca_digits.yaml"

@@ -288,7 +288,7 @@ def test_generator_fits_the_prompt_into_the_context_and_continues_it(tmp_path) -
 
     from dgm.core.registry import build_model
     from dgm.core.sampling import Sampling
-    from dgm.data.spec import DataKind, DataSpec
+    from dgm.core.spec import DataKind, DataSpec
     from dgm.data.tokenizers import CharTokenizer
     from dgm.rag import RetrievalAugmentedGenerator
 

@@ -12,7 +12,7 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.data import fetch as F
 from dgm.data import load
 from dgm.data.idx import checksum
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 from dgm.data.text import read_text_path, split_corpus
 from dgm.data.tokenizers import BPETokenizer, CharTokenizer, save_tokenizer
 

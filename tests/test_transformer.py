@@ -11,7 +11,7 @@ from dgm.core.attention import CausalSelfAttention, KVCache
 from dgm.core.errors import ConfigError
 from dgm.core.registry import build_model
 from dgm.core.sampling import Sampling
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.transformer import GPT, TransformerARM
 
 from util import loss_drop

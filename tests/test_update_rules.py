@@ -167,7 +167,7 @@ def test_interrupt_marks_the_run(tmp_path, monkeypatch):
 
 def test_checkpoint_of_the_wrong_shape_is_one_error(tmp_path):
     from dgm.core.errors import CheckpointError
-    from dgm.train.checkpoint import load_tensors, save_tensors
+    from dgm.checkpoints import load_tensors, save_tensors
 
     train(_cfg("aux", "train.epochs=1"), tmp_path / "r")
     path = tmp_path / "r" / "checkpoints" / "last.safetensors"

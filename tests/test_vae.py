@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Normal
 
 from dgm.core import Likelihood, build_model
 from dgm.core.errors import ConfigError, DataError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.core.heads import BernoulliHead, CategoricalHead, GaussianHead
 from dgm.models.vae import VAE, GaussianPosterior, VAEConfig
 

@@ -14,7 +14,7 @@ from util import loss_drop
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.objectives import free_bits, iwae_loss, kl_weight
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.posteriors import PosteriorConfig
 from dgm.models.priors import PriorConfig
 from dgm.models.vae import VAE, VAEConfig

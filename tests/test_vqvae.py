@@ -14,7 +14,7 @@ from util import loss_drop
 from dgm.core import ImportanceWeighted, LatentVariable, Likelihood, build_model
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.vqvae import CodePrior, VectorQuantizer, VQVAE, VQVAEConfig
 
 TINY = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import log_categorical
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@
 
 __version__ = "0.1.0"
 
-from dgm import datasets
+from dgm import datasets, models  # noqa: F401  (importing the models registers them)
 from dgm.core import (
     ConfigError,
     DataError,

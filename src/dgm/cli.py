@@ -43,7 +43,7 @@ def _resolve_data(text: str) -> tuple[str, dict[str, Any]]:
 def cmd_list(args: argparse.Namespace) -> int:
     from dgm.core.registry import model_entry, model_names
     from dgm.data.dataset import dataset_entry, dataset_names
-    from dgm.data.spec import DataKind
+    from dgm.core.spec import DataKind
 
     models = []
     for name in model_names():

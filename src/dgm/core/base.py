@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from dgm.core.capabilities import ExpectationMaximization, ImportanceWeighted, LatentVariable
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import Fit, GradientFit, StepInfo
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "Likelihood",

@@ -27,7 +27,7 @@ from dgm.core.distributions import (
     sample_mix_discretized_logistic,
 )
 from dgm.core.errors import ConfigError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "LIKELIHOODS",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["mlp", "CausalConv1d", "MaskedLinear", "made_network", "EncoderInput"]
 

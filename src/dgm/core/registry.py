@@ -1,7 +1,8 @@
 """The model registry: names to classes and their config dataclasses.
 
 Models register where they are defined, with ``@register_model("arm", ARMConfig)``; lookups of
-an unknown name list the names that exist.
+an unknown name list the names that exist. ``core`` imports no model: importing the ``dgm``
+package registers the built-in ones (``dgm/__init__.py`` imports ``dgm.models``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Callable, TypeVar
 from dgm.core.base import GenerativeModel
 from dgm.core.configuration import from_dict
 from dgm.core.errors import ConfigError
-from dgm.data.spec import DataSpec
+from dgm.core.spec import DataSpec
 
 __all__ = ["ModelEntry", "register_model", "model_entry", "model_names", "build_model"]
 
@@ -43,17 +44,11 @@ def register_model(name: str, config_cls: type) -> Callable[[M], M]:
     return decorate
 
 
-def _ensure_loaded() -> None:
-    import dgm.models  # noqa: F401  (registers the built-in models)
-
-
 def model_names() -> list[str]:
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
 def model_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     return _MODELS[name]

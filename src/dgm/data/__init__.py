@@ -1,7 +1,7 @@
 """Datasets and their specs."""
 
 from dgm.data.dataset import Dataset, Split, dataset_entry, dataset_names, load, register_dataset
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "DataKind",

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from dgm.core.configuration import coerce
 from dgm.core.errors import ConfigError
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 if typing.TYPE_CHECKING:
     from dgm.data.tokenizers import Tokenizer

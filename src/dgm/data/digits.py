@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dgm.data.dataset import Dataset, Split, register_dataset
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["load_digits", "DIGITS_SPLIT"]
 

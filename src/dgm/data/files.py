@@ -27,7 +27,7 @@ import torch
 
 from dgm.core.errors import DataError
 from dgm.data.dataset import SPLITS, Dataset, Split, register_dataset
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "ARRAY_SUFFIXES",

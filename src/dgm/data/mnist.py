@@ -28,7 +28,7 @@ import torch
 
 from dgm.data.dataset import Dataset, Split, register_dataset
 from dgm.data.fetch import read_raw_files
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "FASHION_CLASSES",

@@ -32,7 +32,7 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.data.dataset import SPLITS, Dataset, Split, register_dataset
 from dgm.data.fetch import read_fetched_file
 from dgm.data.files import random_split
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.data.tokenizers import CharTokenizer
 
 __all__ = ["LABELS", "MoleculeMetrics", "load_b3db", "molecule_metrics", "read_b3db"]

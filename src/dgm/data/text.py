@@ -36,7 +36,7 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.data.dataset import SPLITS, Dataset, Split, register_dataset
 from dgm.data.fetch import read_fetched_file
 from dgm.data.files import TEXT_SUFFIXES
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.data.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [

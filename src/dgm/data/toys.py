@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dgm.data.dataset import Dataset, Split, register_dataset
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["TOY_SAMPLERS", "sample_toy"]
 

@@ -42,7 +42,7 @@ from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.capabilities import BoundedLikelihood, EstimatedLikelihood, ImportanceWeighted
 from dgm.core.errors import ConfigError
 from dgm.data.dataset import Split
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 
 __all__ = [
     "Evaluation",

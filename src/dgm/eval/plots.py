@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "image_grid",

@@ -13,7 +13,7 @@ import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
 from dgm.data.dataset import Dataset
-from dgm.data.spec import DataKind
+from dgm.core.spec import DataKind
 from dgm.eval.latent import interpolate, summarize_latents
 from dgm.eval.likelihood import Evaluation, evaluate
 from dgm.eval.plots import (
@@ -24,7 +24,7 @@ from dgm.eval.plots import (
     save_png,
     scatter_png,
 )
-from dgm.train.run import Run
+from dgm.runs import Run
 
 __all__ = ["write_report", "report_evaluations"]
 

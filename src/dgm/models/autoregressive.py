@@ -37,7 +37,7 @@ from dgm.core.heads import LIKELIHOODS, LikelihoodHead, likelihood_head
 from dgm.core.nn import CausalConv1d, made_network
 from dgm.core.registry import register_model
 from dgm.core.sampling import Sampling, draw_from_head
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "AutoregressiveModel",
@@ -219,7 +219,7 @@ class ARM(AutoregressiveModel):
         config: an :class:`ARMConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=5)
         >>> model = ARM(spec, ARMConfig(hidden_channels=8, kernel_size=3))
         >>> model.sample(2).shape, model.sample(2).dtype

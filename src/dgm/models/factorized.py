@@ -16,7 +16,7 @@ from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.distributions import log_categorical, log_normal_diag, sum_except_batch
 from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
-from dgm.data.spec import DataSpec
+from dgm.core.spec import DataSpec
 
 __all__ = ["FactorizedConfig", "Factorized"]
 

@@ -67,7 +67,7 @@ from dgm.core.transforms import (
     alternating_mask,
     half_mask,
 )
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "FlowConfig",
@@ -447,7 +447,7 @@ class RealNVP(FlowModel):
     the book's code (noise in (0, 0.5]) the noise fills the whole bin, so the bound is valid.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=17)
         >>> model = RealNVP(spec, RealNVPConfig(num_flows=2, hidden=32, logit_alpha=0.01))
         >>> x = torch.randint(0, 17, (5, 1, 4, 4))

@@ -62,7 +62,7 @@ from dgm.core.fitting import StepInfo
 from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "HierarchicalVAEConfig",
@@ -255,7 +255,7 @@ class HierarchicalVAE(GenerativeModel):
         config: a :class:`HierarchicalVAEConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
         >>> model = HierarchicalVAE(spec, HierarchicalVAEConfig(latent_dims=(4, 2), hidden=32))
         >>> x = torch.randint(0, 17, (5, 1, 8, 8))

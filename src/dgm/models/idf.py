@@ -44,7 +44,7 @@ from dgm.core.nn import mlp
 from dgm.core.registry import register_model
 from dgm.core.transforms import Compose, Permutation, Transform
 from dgm.core.transforms.integer import IntegerAdditiveCoupling, IntegerPartitionCoupling
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "IDFConfig",
@@ -366,7 +366,7 @@ class IDF(GenerativeModel):
         config: an :class:`IDFConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=17)
         >>> model = IDF(spec, IDFConfig(num_flows=2, hidden=32)).eval()
         >>> x = torch.randint(0, 17, (5, 1, 4, 4))

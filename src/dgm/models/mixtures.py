@@ -44,7 +44,7 @@ from dgm.core.dequantize import dequantization_log_jacobian, quantize, uniform_d
 from dgm.core.distributions import log_normal_diag
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["MoGConfig", "MoG"]
 
@@ -105,7 +105,7 @@ class MoG(GenerativeModel):
         config: a :class:`MoGConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> model = MoG(DataSpec((2,), DataKind.CONTINUOUS), MoGConfig(num_components=3))
         >>> model.log_prob(torch.zeros(4, 2)).shape
         torch.Size([4])

@@ -34,7 +34,7 @@ from dgm.core.masked_conv import GatedPixelCNNLayer, MaskedConv2d
 from dgm.core.registry import register_model
 from dgm.core.sampling import Sampling, draw_from_head
 from dgm.models.autoregressive import AutoregressiveModel
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["PixelCNNConfig", "PixelCNN"]
 
@@ -142,7 +142,7 @@ class PixelCNN(AutoregressiveModel):
         config: a :class:`PixelCNNConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=5)
         >>> model = PixelCNN(spec, PixelCNNConfig(hidden_channels=8, num_layers=2))
         >>> model.sample(2).shape, model.sample(2).dtype

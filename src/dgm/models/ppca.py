@@ -58,7 +58,7 @@ from dgm.core.fitting import EMFit
 from dgm.core.distributions import LOG_2PI, log_standard_normal
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["PPCAConfig", "PPCA", "GaussianMarginal", "FullCovGaussian", "LatentProposal"]
 
@@ -167,7 +167,7 @@ class PPCA(GenerativeModel):
         config: a :class:`PPCAConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> model = PPCA(DataSpec((5,), DataKind.CONTINUOUS), PPCAConfig(latent_dim=2))
         >>> x = torch.randn(100, 5)
         >>> model.fit_data(x)

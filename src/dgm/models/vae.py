@@ -42,7 +42,7 @@ from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.objectives import check_objective, free_bits, iwae_loss, kl_weight
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 from dgm.models.posteriors import (
     AmortizedPosterior,
     GaussianPosterior,
@@ -160,7 +160,7 @@ class VAE(GenerativeModel):
         config: a :class:`VAEConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
         >>> model = VAE(spec, VAEConfig(latent_dim=4, hidden=32))
         >>> x = torch.randint(0, 17, (5, 1, 8, 8))

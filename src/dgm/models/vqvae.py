@@ -52,7 +52,7 @@ from dgm.core.fitting import StepInfo
 from dgm.core.heads import CategoricalHead, check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
 from dgm.core.registry import register_model
-from dgm.data.spec import DataKind, DataSpec
+from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "VQVAEConfig",
@@ -395,7 +395,7 @@ class VQVAE(GenerativeModel):
         config: a :class:`VQVAEConfig`.
 
     Example:
-        >>> from dgm.data.spec import DataKind, DataSpec
+        >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
         >>> model = VQVAE(spec, VQVAEConfig(num_latents=4, codebook_size=8, hidden=32))
         >>> x = torch.randint(0, 17, (5, 1, 8, 8))

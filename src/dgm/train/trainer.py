@@ -35,7 +35,7 @@ from dgm.core.registry import model_entry
 from dgm.data.dataset import Dataset, Split
 from dgm.data.dataset import load as load_dataset
 from dgm.train import distributed as dist
-from dgm.train.checkpoint import (
+from dgm.checkpoints import (
     flatten_optimizer_state,
     load_tensors,
     prefixed,
@@ -46,7 +46,7 @@ from dgm.train.checkpoint import (
     unflatten_optimizer_state,
 )
 from dgm.train.ema import EMA
-from dgm.train.run import (
+from dgm.runs import (
     BEST,
     CONFIG,
     INFO,
