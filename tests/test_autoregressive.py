@@ -10,7 +10,7 @@ from dgm.core.base import Likelihood
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.autoregressive import ARM, ARMConfig
+from dgm.models.autoregressive.arm import ARM, ARMConfig
 
 SMALL = dict(hidden_channels=8, kernel_size=2, num_layers=3)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dgm.core.nn import CausalConv1d
-from dgm.models.autoregressive import CausalConvNet
+from dgm.models.autoregressive.arm import CausalConvNet
 
 
 def dependency(net: nn.Module, length: int, in_channels: int = 1) -> torch.Tensor:

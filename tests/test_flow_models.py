@@ -13,7 +13,7 @@ from dgm.core import build_model
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.transforms import ActNorm
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.flows import FlowModel
+from dgm.models.flows.model import FlowModel
 
 # Small, fast settings of every flat flow (the image flow, glow, is tested on images below).
 FLAT = {

@@ -13,16 +13,16 @@ from dgm.core import Likelihood, build_model
 from dgm.core.distributions import log_standard_normal
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.flows import RealNVP, RealNVPConfig
+from dgm.models.flows import FlowModel, RealNVPConfig, realnvp
 
 CONTINUOUS_2D = DataSpec(event_shape=(2,), kind=DataKind.CONTINUOUS)
 TINY_DISCRETE = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)
 
 
-def _random_flow(spec: DataSpec, scale: float = 0.4, **overrides: object) -> RealNVP:
+def _random_flow(spec: DataSpec, scale: float = 0.4, **overrides: object) -> FlowModel:
     """A small float64 RealNVP whose couplings are far from the identity."""
     fields = dict(num_flows=4, hidden=16, num_hidden=1, zero_init=False) | overrides
-    model = RealNVP(spec, RealNVPConfig(**fields)).double()  # type: ignore[arg-type]
+    model = realnvp(spec, RealNVPConfig(**fields)).double()  # type: ignore[arg-type]
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "conditioner" in name:
@@ -32,10 +32,10 @@ def _random_flow(spec: DataSpec, scale: float = 0.4, **overrides: object) -> Rea
 
 def test_registered_and_declares_likelihood_per_kind() -> None:
     model = build_model("realnvp", TINY_DISCRETE, {"num_flows": 2, "hidden": 8})
-    assert isinstance(model, RealNVP)
-    assert RealNVP.likelihood_on(DataKind.CONTINUOUS) is Likelihood.EXACT
-    assert RealNVP.likelihood_on(DataKind.DISCRETE) is Likelihood.LOWER_BOUND
-    assert RealNVP.likelihood_on(DataKind.BINARY) is Likelihood.LOWER_BOUND
+    assert isinstance(model, FlowModel)
+    assert FlowModel.likelihood_on(DataKind.CONTINUOUS) is Likelihood.EXACT
+    assert FlowModel.likelihood_on(DataKind.DISCRETE) is Likelihood.LOWER_BOUND
+    assert FlowModel.likelihood_on(DataKind.BINARY) is Likelihood.LOWER_BOUND
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_density_integrates_to_the_sampled_mass_on_continuous_data(scale: float)
 
 def test_standardization_is_fitted_and_zero_init_couplings_are_identity() -> None:
     spec = DataSpec(event_shape=(1, 2, 2), kind=DataKind.DISCRETE, num_levels=17)
-    model = RealNVP(spec, RealNVPConfig(num_flows=2, hidden=8))  # zero_init by default
+    model = realnvp(spec, RealNVPConfig(num_flows=2, hidden=8))  # zero_init by default
     x = torch.randint(0, 17, (4000, 1, 2, 2))
     x[:, 0, 0, 0] = 0  # a constant pixel still gets a finite scale from the noise
     model.initialize_from_data(x, torch.Generator().manual_seed(0))
@@ -199,7 +199,7 @@ def test_wrong_input_gives_data_error() -> None:
     with pytest.raises(DataError):
         _random_flow(CONTINUOUS_2D).loss(torch.zeros(4, 2, dtype=torch.long))
     with pytest.raises(ConfigError, match="logit_alpha"):
-        RealNVP(CONTINUOUS_2D, RealNVPConfig(logit_alpha=0.05))
+        realnvp(CONTINUOUS_2D, RealNVPConfig(logit_alpha=0.05))
 
 
 def test_gradient_reaches_every_parameter() -> None:
@@ -213,6 +213,6 @@ def test_training_lowers_the_loss_on_moons() -> None:
     from dgm.data.toys import sample_toy
 
     x = sample_toy("moons", 256, seed=0)
-    model = RealNVP(CONTINUOUS_2D, RealNVPConfig(num_flows=4, hidden=32))
+    model = realnvp(CONTINUOUS_2D, RealNVPConfig(num_flows=4, hidden=32))
     model.initialize_from_data(x, torch.Generator().manual_seed(0))
     assert loss_drop(model, x, steps=40, lr=3e-3) > 0.3

@@ -17,8 +17,8 @@ from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.objectives import iwae_loss
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.hvae import HierarchicalVAE, HierarchicalVAEConfig
-from dgm.models.vae import VAE, VAEConfig
+from dgm.models.latent.hvae import HierarchicalVAE, HierarchicalVAEConfig
+from dgm.models.latent.vae import VAE, VAEConfig
 
 TINY = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)
 DIGITS = DataSpec(event_shape=(1, 8, 8), kind=DataKind.DISCRETE, num_levels=17)

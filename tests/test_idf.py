@@ -20,7 +20,7 @@ from dgm.core.transforms.integer import (
     round_ste,
 )
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.idf import IDF, DiscretizedLogisticBase, IDFConfig, FactorOutBase
+from dgm.models.flows.idf import IDF, DiscretizedLogisticBase, IDFConfig, FactorOutBase
 from dgm.train.trainer import train
 
 SPEC_2D = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=5)

@@ -9,8 +9,8 @@ from dgm.cli import main
 from dgm.core.base import LatentVariable
 from dgm.core.spec import DataKind, DataSpec
 from dgm.eval.latent import interpolate, summarize_latents
-from dgm.models.posteriors import PosteriorConfig
-from dgm.models.vae import VAE, VAEConfig
+from dgm.models.latent.posteriors import PosteriorConfig
+from dgm.models.latent.vae import VAE, VAEConfig
 
 SPEC = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
 

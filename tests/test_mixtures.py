@@ -12,7 +12,7 @@ from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.data.toys import sample_toy
-from dgm.models.mixtures import MoG, MoGConfig
+from dgm.models.mixtures.mog import MoG, MoGConfig
 
 
 def continuous(dim: int) -> DataSpec:

@@ -11,7 +11,7 @@ from dgm.core.errors import ConfigError
 from dgm.core.masked_conv import MaskedConv2d
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.pixelcnn import PixelCNN, PixelCNNConfig
+from dgm.models.autoregressive.pixelcnn import PixelCNN, PixelCNNConfig
 
 SMALL = dict(hidden_channels=6, num_layers=3, kernel_size_a=3, kernel_size_b=3)
 

@@ -25,7 +25,7 @@ from dgm.core.registry import build_model
 from dgm.data.dataset import Split
 from dgm.core.spec import DataKind, DataSpec
 from dgm.eval.likelihood import per_example_nll
-from dgm.models.ppca import PPCA, PPCAConfig
+from dgm.models.latent.ppca import PPCA, PPCAConfig
 from dgm.runs import load
 from dgm.train.trainer import train
 

@@ -12,7 +12,7 @@ from dgm.core.errors import ConfigError
 from dgm.core.registry import build_model
 from dgm.core.sampling import Sampling
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.transformer import GPT, TransformerARM
+from dgm.models.autoregressive.transformer import GPT, TransformerARM
 
 from util import loss_drop
 

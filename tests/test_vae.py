@@ -15,7 +15,7 @@ from dgm.core import Likelihood, build_model
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.spec import DataKind, DataSpec
 from dgm.core.heads import BernoulliHead, CategoricalHead, GaussianHead
-from dgm.models.vae import VAE, GaussianPosterior, VAEConfig
+from dgm.models.latent.vae import VAE, GaussianPosterior, VAEConfig
 
 TINY = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)
 SPECS = {

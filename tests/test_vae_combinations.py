@@ -15,9 +15,9 @@ from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.objectives import free_bits, iwae_loss, kl_weight
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.posteriors import PosteriorConfig
-from dgm.models.priors import PriorConfig
-from dgm.models.vae import VAE, VAEConfig
+from dgm.models.latent.posteriors import PosteriorConfig
+from dgm.models.latent.priors import PriorConfig
+from dgm.models.latent.vae import VAE, VAEConfig
 
 TINY = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)
 COMBOS = [

@@ -10,7 +10,7 @@ from torch.distributions import MultivariateNormal
 
 from dgm.core.transforms.householder import householder_matrix
 from dgm.core.transforms.sylvester import orthonormal_columns
-from dgm.models.posteriors import (
+from dgm.models.latent.posteriors import (
     DiagonalGaussianPosterior,
     FlowPosterior,
     HouseholderPosterior,
@@ -111,7 +111,7 @@ def test_sylvester_steps_stay_invertible_under_extreme_parameters(variant: str) 
 
 
 def test_diagonal_gaussian_closed_form_kl_matches_monte_carlo() -> None:
-    from dgm.models.priors import StandardNormalPrior
+    from dgm.models.latent.priors import StandardNormalPrior
 
     post = DiagonalGaussianPosterior(M)
     params = torch.randn(3, 2 * M, dtype=torch.float64)

@@ -13,7 +13,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from dgm.core.errors import ConfigError
 from dgm.core.nn import mlp
-from dgm.models.priors import (
+from dgm.models.latent.priors import (
     PRIORS,
     FlowPrior,
     GTMPrior,

@@ -15,7 +15,7 @@ from dgm.core import ImportanceWeighted, LatentVariable, Likelihood, build_model
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.vqvae import CodePrior, VectorQuantizer, VQVAE, VQVAEConfig
+from dgm.models.latent.vqvae import CodePrior, VectorQuantizer, VQVAE, VQVAEConfig
 
 TINY = DataSpec(event_shape=(2,), kind=DataKind.DISCRETE, num_levels=3)
 SPECS = {

@@ -15,31 +15,52 @@ from dgm.core.configuration import from_dict
 from dgm.core.errors import ConfigError
 from dgm.core.spec import DataSpec
 
-__all__ = ["ModelEntry", "register_model", "model_entry", "model_names", "build_model"]
+__all__ = [
+    "ModelEntry", "register_model", "model_entry", "model_names", "build_model", "first_sentence"
+]
 
-M = TypeVar("M", bound=type[GenerativeModel])
+B = TypeVar("B", bound=Callable[..., GenerativeModel])
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: ``build(spec, config)`` makes one; ``cls`` is the class it returns
+    (its declared likelihood and data kinds); ``summary`` the docstring's first sentence."""
+
     name: str
     cls: type[GenerativeModel]
     config_cls: type
     summary: str
+    build: Callable[[DataSpec, Any], GenerativeModel]
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, config_cls: type) -> Callable[[M], M]:
-    """Class decorator: register ``cls(spec, config)`` under ``name``."""
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
 
-    def decorate(cls: M) -> M:
+
+def register_model(
+    name: str, config_cls: type, *, builds: type[GenerativeModel] | None = None
+) -> Callable[[B], B]:
+    """Decorator: register ``name`` for a model class ``cls(spec, config)``, or for a builder
+    function ``fn(spec, config)`` that returns an instance of ``builds``."""
+
+    def decorate(target: B) -> B:
         if name in _MODELS:
             raise RuntimeError(f"model name {name!r} registered twice")
-        doc = (cls.__doc__ or "").strip().splitlines()
-        _MODELS[name] = ModelEntry(name, cls, config_cls, doc[0] if doc else "")
-        return cls
+        if isinstance(target, type):
+            cls = target
+        elif builds is None:
+            raise RuntimeError(f"register_model({name!r}) on a function needs builds=<class>")
+        else:
+            cls = builds
+        _MODELS[name] = ModelEntry(name, cls, config_cls, first_sentence(target.__doc__), target)
+        return target
 
     return decorate
 
@@ -74,4 +95,4 @@ def build_model(name: str, spec: DataSpec, config: Any = None, **overrides: Any)
         fields = to_dict(config)
     fields.update(overrides)
     cfg = from_dict(entry.config_cls, fields, where=f"model {name}")
-    return entry.cls(spec, cfg)
+    return entry.build(spec, cfg)

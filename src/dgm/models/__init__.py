@@ -1,8 +1,12 @@
-"""The model families; importing this package registers every built-in model."""
-from dgm.models import factorized  # noqa: F401
-from dgm.models import flows, vae  # noqa: F401
-from dgm.models import autoregressive, mixtures  # noqa: F401
-from dgm.models import pixelcnn  # noqa: F401
-from dgm.models import transformer  # noqa: F401
-from dgm.models import idf  # noqa: F401
-from dgm.models import ppca, hvae, vqvae  # noqa: F401
+"""The model families, one folder each; importing this package registers every built-in model.
+
+- :mod:`~dgm.models.mixtures`: the independent per-pixel floor and mixtures (Book ch. 2).
+- :mod:`~dgm.models.autoregressive`: ARMs, MADE, NADE, PixelCNN, transformers, GPT (ch. 3, 11).
+- :mod:`~dgm.models.flows`: every normalizing flow and integer discrete flows (ch. 4).
+- :mod:`~dgm.models.latent`: pPCA, VAEs with their priors and posteriors, hierarchical VAEs,
+  VQ-VAE (ch. 5).
+"""
+
+from dgm.models import autoregressive, flows, latent, mixtures  # noqa: F401
+
+__all__ = ["autoregressive", "flows", "latent", "mixtures"]

@@ -7,9 +7,9 @@ For a latent z with prior p_λ(z), decoder p_θ(x | z) and amortized posterior q
 
 with reparameterized draws z (Eq. 5.30). The importance weights log w = log p_θ(x | z) +
 log p_λ(z) - log q_φ(z | x), z ~ q, give the ELBO as their mean and the tighter IWAE(k) bound as
-log (1/k) Σ_i w_i (Eq. 5.32). The prior is one of :mod:`dgm.models.priors` (standard, mixture
+log (1/k) Σ_i w_i (Eq. 5.32). The prior is one of :mod:`dgm.models.latent.priors` (standard, mixture
 of Gaussians, VampPrior, GTM, GTM-VampPrior, RealNVP flow) and the posterior one of
-:mod:`dgm.models.posteriors` (diagonal Gaussian, Householder, Sylvester and IAF flows, or a von
+:mod:`dgm.models.latent.posteriors` (diagonal Gaussian, Householder, Sylvester and IAF flows, or a von
 Mises-Fisher on the sphere with the uniform prior, Book §5.4.2.3).
 
 Training objectives (:mod:`dgm.core.objectives`): the negative ELBO, a β-weighted KL
@@ -43,14 +43,14 @@ from dgm.core.nn import EncoderInput, mlp
 from dgm.core.objectives import check_objective, free_bits, iwae_loss, kl_weight
 from dgm.core.registry import register_model
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.posteriors import (
+from dgm.models.latent.posteriors import (
     AmortizedPosterior,
     GaussianPosterior,
     PosteriorConfig,
     PosteriorDraw,
     build_posterior,
 )
-from dgm.models.priors import Prior, PriorConfig, build_prior
+from dgm.models.latent.priors import Prior, PriorConfig, build_prior
 
 __all__ = [
     "VAEConfig",

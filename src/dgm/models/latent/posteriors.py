@@ -37,7 +37,7 @@ from dgm.core.spherical import VonMisesFisher
 from dgm.core.transforms import MaskedAutoregressiveAffine, Permutation
 from dgm.core.transforms.householder import householder_matrix, reflect
 from dgm.core.transforms.sylvester import orthonormal_columns, sylvester_map, upper_triangular
-from dgm.models.priors import Prior, SphericalUniformPrior, StandardNormalPrior
+from dgm.models.latent.priors import Prior, SphericalUniformPrior, StandardNormalPrior
 
 __all__ = [
     "POSTERIORS",

@@ -33,7 +33,7 @@ from dgm.core.heads import likelihood_head
 from dgm.core.masked_conv import GatedPixelCNNLayer, MaskedConv2d
 from dgm.core.registry import register_model
 from dgm.core.sampling import Sampling, draw_from_head
-from dgm.models.autoregressive import AutoregressiveModel
+from dgm.models.autoregressive.arm import AutoregressiveModel
 from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["PixelCNNConfig", "PixelCNN"]

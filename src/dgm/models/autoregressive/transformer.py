@@ -36,7 +36,7 @@ from dgm.core.heads import LIKELIHOODS, CategoricalHead, likelihood_head
 from dgm.core.registry import register_model
 from dgm.core.sampling import Sampling, draw_from_head
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.autoregressive import AutoregressiveModel
+from dgm.models.autoregressive.arm import AutoregressiveModel
 
 __all__ = ["TransformerARMConfig", "TransformerARM", "GPTConfig", "GPT"]
 
