@@ -60,7 +60,9 @@ class Compose(Transform):
     (Eq. 4.14): the chain rule turns the product of Jacobian determinants into a sum of logs.
 
     Example:
+        >>> import torch
         >>> from dgm.core.nn import mlp
+        >>> from dgm.core.transforms import AffineCoupling, Permutation, half_mask
         >>> flow = Compose([AffineCoupling(half_mask(4), mlp(2, 16, 4)), Permutation.reverse(4)])
         >>> x = torch.randn(3, 4)
         >>> z, logabsdet = flow(x)

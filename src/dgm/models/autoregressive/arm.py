@@ -302,7 +302,15 @@ class ARM(AutoregressiveModel):
             start = max(0, d - window)
             theta = self._params_flat(x[:, start : d + 1])[:, -1:]  # (n, 1, P)
             x[:, d] = draw_from_head(self.head, theta, sampling, generator=generator)[:, 0]
-        return x.reshape(n, *self.spec.event_shape)
+        return _pad_after_end(x, self.spec).reshape(n, *self.spec.event_shape)
+
+
+def _pad_after_end(x: Tensor, spec: DataSpec) -> Tensor:
+    """Flat samples (N, D) with the positions after each row's first end token set to the end
+    token: the padding that ``log_prob`` does not score (a no-op without an end token)."""
+    if spec.end_token is None:
+        return x
+    return torch.where(spec.scored_positions(x), x, torch.full_like(x, spec.end_token))
 
 
 def _encoded_sequence(x: Tensor, num_levels: int, encoding: str, dtype: torch.dtype) -> Tensor:
@@ -410,7 +418,7 @@ class FiniteMemoryARM(AutoregressiveModel):
             start = max(0, d - m)
             theta = self._params(x[:, start : d + 1])[:, -1:]
             x[:, d] = self.head.sample(theta, generator=generator)[:, 0]
-        return x.reshape(n, *self.spec.event_shape)
+        return _pad_after_end(x, self.spec).reshape(n, *self.spec.event_shape)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -493,7 +501,7 @@ class RNNARM(AutoregressiveModel):
             x[:, d] = self.head.sample(self.proj(out), generator=generator)[:, 0]
             inp = _encoded_sequence(x[:, d : d + 1], self.spec.num_levels,
                                     self.config.input_encoding, inp.dtype)
-        return x.reshape(n, *self.spec.event_shape)
+        return _pad_after_end(x, self.spec).reshape(n, *self.spec.event_shape)
 
 
 def _sample_by_position(model: "GenerativeModel", n: int, generator: torch.Generator | None) -> Tensor:

@@ -35,7 +35,12 @@ class FactorizedConfig:
 
 @register_model("independent", FactorizedConfig)
 class Factorized(GenerativeModel):
-    """Independent per-coordinate categoricals or Gaussians: the floor of every benchmark."""
+    """Independent per-coordinate categoricals or Gaussians: the floor of every benchmark.
+
+    With an end token in the data spec, a sequence ends at its first end token: the positions
+    after it are padding, neither scored nor counted (still normalized: p(x) = Π_{d <= L} p_d(x_d)
+    sums to one over sequences that end at L = 1..D).
+    """
 
     likelihood = Likelihood.EXACT
 
@@ -53,7 +58,8 @@ class Factorized(GenerativeModel):
         with torch.no_grad():
             if self.spec.kind.is_discrete:
                 counts = torch.zeros_like(self.logits)
-                counts.scatter_add_(1, flat.T.long(), torch.ones_like(flat.T, dtype=counts.dtype))
+                scored = self.spec.scored_positions(flat).T.to(counts.dtype)  # padding: no count
+                counts.scatter_add_(1, flat.T.long(), scored)
                 self.logits.copy_(torch.log(counts + self.config.pseudocount + 1e-12))
             else:
                 self.mean.copy_(flat.mean(0))
@@ -63,7 +69,10 @@ class Factorized(GenerativeModel):
         self.check_input(x)
         flat = x.reshape(x.shape[0], -1)
         if self.spec.kind.is_discrete:
-            return log_categorical(flat, self.logits.expand(flat.shape[0], -1, -1)).sum(1)
+            each = log_categorical(flat, self.logits.expand(flat.shape[0], -1, -1))
+            if self.spec.end_token is not None:  # padding after the end token is not scored
+                each = torch.where(self.spec.scored_positions(flat), each, torch.zeros_like(each))
+            return each.sum(1)
         return sum_except_batch(log_normal_diag(flat, self.mean, self.log_var))
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -82,7 +91,10 @@ class Factorized(GenerativeModel):
         shape = (n, *self.spec.event_shape)
         if self.spec.kind.is_discrete:
             probs = torch.softmax(self.logits, -1)
-            draws = torch.multinomial(probs, n, replacement=True, generator=generator)
-            return draws.T.reshape(shape).long()
+            draws = torch.multinomial(probs, n, replacement=True, generator=generator).T.long()
+            if self.spec.end_token is not None:  # the positions after the first end token: padding
+                end = torch.full_like(draws, self.spec.end_token)
+                draws = torch.where(self.spec.scored_positions(draws), draws, end)
+            return draws.reshape(shape)
         eps = torch.randn(n, self.spec.dim, generator=generator, device=self.mean.device)
         return (self.mean + torch.exp(0.5 * self.log_var) * eps).reshape(shape)
