@@ -168,3 +168,23 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypa
     assert "epoch 1: batch 2/10" in err
     train(_cfg("train.progress=false", "train.epochs=1"), tmp_path / "quiet")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("monitor, label", [("fd", "Fréchet distance of 200 samples"),
+                                            ("objective", "not a likelihood"),
+                                            ("exact", "exact NLL")])
+def test_the_monitor_is_chosen_and_labelled(tmp_path, monitor, label):
+    result = train(_cfg(f"train.monitor={monitor}", "train.monitor_samples=200",
+                        "train.epochs=2"), tmp_path / "r")
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["val_method"] == monitor and label in info["val_label"]
+    assert result.val_method == monitor and math.isfinite(result.best_val)
+    rows = [m for m in _metrics(tmp_path / "r") if "epoch" in m and "val" in m]
+    assert [m["val_method"] for m in rows] == [monitor, monitor]
+
+
+def test_an_unknown_monitor_is_one_error(tmp_path):
+    from dgm.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.monitor"):
+        train(_cfg("train.monitor=magic"), tmp_path / "r")
