@@ -123,6 +123,8 @@ def test_demo_quick_smoke(capsys, tmp_path):
     assert rc == 0 and "| vae |" in out and "| independent |" in out
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "vae/report.html" in page and (tmp_path / "demo" / "vae" / "samples.png").is_file()
+    assert "nats per test image" in page and "ANCHORS" not in page
+    assert (tmp_path / "demo" / "data.png").is_file()
 
 
 def test_text_train_eval_sample_prompt_and_rag(capsys, tmp_path):
@@ -145,11 +147,15 @@ def test_text_train_eval_sample_prompt_and_rag(capsys, tmp_path):
     assert again == out
     rc, _, err = _run(capsys, "sample", str(run), "--prompt", "the cat\u00e9")
     assert rc == 2 and "error:" in err
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "t.npy"))
+    assert rc == 2 and "are text" in err and not (tmp_path / "t.npy").exists()
+    rc, _, _ = _run(capsys, "sample", str(run), "-n", "2", "--out", str(tmp_path / "t.txt"))
+    assert rc == 0 and (tmp_path / "t.txt").read_text().strip()
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text("the dog sleeps on the log.\n\nthe cat eats fish.")
     rc, out, _ = _run(capsys, "rag", str(run), "--docs", str(docs), "--query", "what does the cat eat",
-                      "--k", "1", "--max-new-tokens", "5", "--top-k", "3")
+                      "--k", "1", "--max-new-tokens", "5", "--top-k", "3", "--threads", "1")
     assert rc == 0 and "the cat eats fish." in out and "--- generated ---" in out
     rc, out, _ = _run(capsys, "report", str(run))
     page = (run / "report.html").read_text()

@@ -477,3 +477,17 @@ def test_save_then_load(case: Case, trained: Trained) -> None:
     a = _seeded(lambda: original.sample(N_SAMPLES, generator=torch.Generator().manual_seed(6)), 7)
     b = _seeded(lambda: loaded.sample(N_SAMPLES, generator=torch.Generator().manual_seed(6)), 7)
     assert torch.equal(a, b), "samples for the same seed differ after loading"
+
+
+def test_declared_sample_options_are_what_sample_takes() -> None:
+    """The CLI offers --temperature, --top-k, ... from ``sample_options``; every option declared
+    must be a keyword of ``sample``, and every extra keyword of ``sample`` declared."""
+    import inspect
+
+    from dgm.core.registry import model_entry
+
+    for name in model_names():
+        cls = model_entry(name).cls
+        params = inspect.signature(cls.sample).parameters
+        extra = {p for p in params if p not in ("self", "n", "y", "generator")}
+        assert set(cls.sample_options) == extra, name

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import dgm.data.files  # noqa: F401  (registers the datasets)
-from dgm.core.errors import DataError
+from dgm.core.errors import DataError, DgmError
 from dgm.data import load
 from dgm.data.files import random_split, resolve_data_argument
 from dgm.core.spec import DataKind
@@ -210,3 +210,68 @@ def test_resolve_data_argument(tmp_path, monkeypatch):
         resolve_data_argument("table.csv")
     with pytest.raises(DataError, match="no such file or folder"):
         resolve_data_argument("some/where")
+
+
+# ------------------------------------------------------------------- implausible level counts
+
+
+def _million_levels(tmp_path):
+    x = np.random.default_rng(0).integers(0, 10**6, (200, 4, 4))
+    x[0, 0, 0, ...] = 10**6 - 1
+    return _npy(tmp_path, x, "big.npy")
+
+
+def test_a_million_inferred_levels_is_refused_with_what_was_inferred(tmp_path):
+    path = _million_levels(tmp_path)
+    with pytest.raises(DataError) as info:
+        load("array", path=path)
+    message = str(info.value)
+    assert "1,000,000 levels" in message and "int64" in message  # what was inferred
+    assert "16.4 GB" in message  # what it would cost: 16 x 10^6 x 256 float32 weights
+    assert "data.options.kind=continuous" in message and "data.options.levels=N" in message
+
+
+def test_explicit_levels_and_kinds_override_the_guess(tmp_path):
+    path = _million_levels(tmp_path)
+    d = load("array", path=path, levels=10**6)
+    assert d.spec.kind is DataKind.DISCRETE and d.spec.num_levels == 10**6
+    assert d.train.x.dtype == torch.int32  # stored compactly
+    c = load("array", path=path, kind="continuous")
+    assert c.spec.kind is DataKind.CONTINUOUS and c.train.x.dtype == torch.float32
+    assert "integers read as floats" in c.description
+    bits = _npy(tmp_path, np.random.default_rng(0).integers(0, 2, (50, 6)), "bits.npy")
+    assert load("array", path=bits).spec.kind is DataKind.BINARY
+    assert load("array", path=bits, kind="discrete").spec.kind is DataKind.DISCRETE
+    assert load("array", path=bits, kind="binary").spec.num_levels == 2
+
+
+@pytest.mark.parametrize(
+    "data, options, message",
+    [
+        ("ints", {"kind": "binary"}, "kind=binary needs values 0 and 1"),
+        ("floats", {"kind": "discrete"}, "store it as integers, or use kind=continuous"),
+        ("ints", {"kind": "ordinal"}, "'ordinal' is not one of"),
+        ("ints", {"kind": "continuous", "levels": 8}, "not kind=continuous"),
+        ("ints", {"levels": 1}, "levels must be at least 2"),
+    ],
+)
+def test_bad_kind_and_level_options(tmp_path, data, options, message):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, (50, 6)) if data == "ints" else rng.normal(size=(50, 6))
+    with pytest.raises(DgmError, match=message):
+        load("array", path=_npy(tmp_path, x), **options)
+
+
+def test_cli_refuses_a_million_levels_before_building_anything(tmp_path, monkeypatch, capsys):
+    from dgm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _million_levels(tmp_path)
+    rc = main(["train", "vae", "--data", path, "--set", "train.epochs=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "Traceback" not in err and "1,000,000 levels" in err
+    assert not (tmp_path / "runs" / "vae-array" / "run.json").exists()
+    rc = main(["train", "independent", "--data", path, "--set", "data.options.kind=continuous",
+               "train.epochs=1", "train.progress=false"])
+    assert rc == 0 and (tmp_path / "runs" / "independent-array" / "run.json").is_file()

@@ -29,6 +29,8 @@ __all__ = [
     "FinetuneConfig",
     "RunConfig",
     "load_config",
+    "read_config_file",
+    "preset_path",
     "apply_overrides",
     "save_config",
 ]
@@ -36,6 +38,7 @@ __all__ = [
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass(kw_only=True)
@@ -214,6 +217,66 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return d
 
 
+def preset_path(name: str) -> Path | None:
+    """A preset by file path, or by name under the repository's ``configs/`` (None if neither)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for candidate in (REPO_CONFIGS / name, REPO_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _kind_of(value: Any) -> str:
+    """A YAML value's kind in words, for error messages."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) <= 40 else "a string"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """Where and what a YAML parse error is, on one line."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; every section that is not a mapping is refused.
+
+    This is the one place a config file is read: a missing, unreadable or malformed file, a top
+    level that is not a mapping (a list, a string) or a section such as ``model:`` that is not a
+    mapping is one :class:`ConfigError` that names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read: {e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"config file {p} must hold a mapping of sections at the top level "
+            f"(model:, data:, optim:, train:), not {_kind_of(loaded)}"
+        )
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    for key, value in loaded.items():
+        if key in sections and value is not None and not isinstance(value, dict):
+            raise ConfigError(
+                f"config file {p}: section {key!r} must be a mapping "
+                f"(e.g. {key}: {{...}}), not {_kind_of(value)}"
+            )
+    return {k: ({} if v is None and k in sections else v) for k, v in loaded.items()}
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -222,16 +285,7 @@ def load_config(
     """Read a YAML preset (or start from ``base``), apply overrides and check everything."""
     d: dict[str, Any] = dict(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        for k, v in loaded.items():
+        for k, v in read_config_file(path).items():
             if isinstance(v, dict) and isinstance(d.get(k), dict):
                 d[k] = {**d[k], **v}
             else:

@@ -58,6 +58,8 @@ class GenerativeModel(nn.Module):
     fit: Fit = GradientFit()  # the update rule (dgm.core.fitting); an instance may set its own
     # How a continuous density is scored on discrete data (e.g. "uniform"); None if it is not.
     dequantization: str | None = None
+    # Keyword options that ``sample`` takes besides y and generator (e.g. temperature, top_k).
+    sample_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

@@ -99,11 +99,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build the dataclass ``cls`` from a mapping, checking every key and type."""
+    """Build the dataclass ``cls`` from a mapping, checking every key and type.
+
+    A key that the dataclass lists in its ``RENAMED`` class variable (old name -> new name) is
+    refused with a message that names the new one.
+    """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = field_names(cls)
     unknown = sorted(set(data) - set(names))
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    for key in unknown:
+        if key in renamed:
+            raise ConfigError(f"{where}: {key} is now called {renamed[key]} (use {renamed[key]})")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "

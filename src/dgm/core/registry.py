@@ -7,6 +7,7 @@ package registers the built-in ones (``dgm/__init__.py`` imports ``dgm.models``)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -37,11 +38,32 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 
 
+_ROLE = re.compile(r":\w+:`~?([^`]*)`")
+_ABBREVIATIONS = ("al.", "Eq.", "Eqs.", "e.g.", "i.e.", "Fig.", "Figs.", "cf.", "vs.", "etc.")
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``x`` -> x, :class:`~a.b.C` -> C."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
 def first_sentence(doc: str | None) -> str:
-    """The first sentence of a docstring's first paragraph, on one line."""
-    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
-    end = paragraph.find(". ")
-    return paragraph if end < 0 else paragraph[: end + 1]
+    """The first sentence of a docstring's first paragraph, plain and on one line: up to the
+    first full stop outside parentheses that does not end an abbreviation (a paragraph that
+    runs on into a formula ends at its last clause)."""
+    paragraph = _plain(" ".join((doc or "").strip().split("\n\n")[0].split()))
+    depth = 0
+    for i, ch in enumerate(paragraph):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(ch, 0)
+        at_end = i + 1 == len(paragraph) or paragraph[i + 1] == " "
+        if ch == "." and depth <= 0 and at_end:
+            word = paragraph[: i + 1].rsplit(" ", 1)[-1]
+            if not word.endswith(_ABBREVIATIONS):
+                return paragraph[: i + 1]
+    if not paragraph:
+        return ""
+    return paragraph if paragraph.endswith((".", "!", "?")) else paragraph.rstrip(",;: ") + "."
 
 
 def register_model(

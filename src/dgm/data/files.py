@@ -4,7 +4,11 @@
 a :class:`~dgm.data.dataset.Dataset` with the right :class:`~dgm.data.spec.DataSpec`:
 
 - integer arrays are DISCRETE with ``levels`` (default max + 1) levels, or BINARY when they only
-  hold 0 and 1 (booleans too); floating arrays are CONTINUOUS;
+  hold 0 and 1 (booleans too); floating arrays are CONTINUOUS; ``kind`` overrides the guess
+  (``kind="continuous"`` reads integers as measurements);
+- an inferred level count above :data:`MAX_INFERRED_LEVELS` (65,536) is refused before any model
+  is built, with the memory one layer over its one-hot would take; an explicit ``levels`` is
+  taken as meant;
 - images are DISCRETE with 256 levels, (C, H, W), stored as uint8.
 
 A file that holds one array is split at random into train/validation/test
@@ -20,7 +24,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,7 +34,9 @@ from dgm.data.dataset import SPLITS, Dataset, Split, register_dataset
 from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
+    "ARRAY_KINDS",
     "ARRAY_SUFFIXES",
+    "MAX_INFERRED_LEVELS",
     "IMAGE_SUFFIXES",
     "TEXT_SUFFIXES",
     "load_array",
@@ -43,6 +49,13 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TEXT_SUFFIXES = (".txt", ".md")
 _GRAY_MODES = ("1", "L", "LA")
+ARRAY_KINDS = ("auto", "discrete", "binary", "continuous")
+ArrayKind = Literal["auto", "discrete", "binary", "continuous"]
+# Inferred level counts above this are refused (an explicit ``levels`` is taken as meant): a
+# categorical model's one-hot layer grows with dim x levels, and at a million levels one layer
+# of ONE_HOT_WIDTH units over 16 pixels already takes 16 GB.
+MAX_INFERRED_LEVELS = 65_536
+ONE_HOT_WIDTH = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +183,82 @@ def _compact_ints(x: np.ndarray, levels: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
 
 
+def _one_hot_layer_gb(dim: int, levels: int, width: int = ONE_HOT_WIDTH) -> float:
+    """GB of float32 weights in one ``width``-unit layer over a one-hot of dim x levels."""
+    return dim * levels * width * 4 / 1e9
+
+
+def _too_many_levels(p: Path, top: int, levels: int, dtype: np.dtype, dim: int) -> DataError:
+    """The error for integer data whose inferred level count no categorical model can hold."""
+    return DataError(
+        f"{p}: integer data (dtype {dtype}) with values up to {top:,} was read as discrete data "
+        f"with {levels:,} levels (max + 1); above {MAX_INFERRED_LEVELS:,} levels this is "
+        f"refused, since one {ONE_HOT_WIDTH}-unit layer over the one-hot of {dim} x {levels:,} "
+        f"values alone would take {_one_hot_layer_gb(dim, levels):,.1f} GB. "
+        "If the values are measurements, read them as continuous: kind=continuous "
+        "(dgm: --set data.options.kind=continuous); if they really are categories, "
+        "give their number: levels=N (dgm: --set data.options.levels=N)"
+    )
+
+
+def _check_array_options(p: Path, kind: str, levels: int | None) -> None:
+    if kind not in ARRAY_KINDS:
+        raise DataError(f"{p}: kind={kind!r} is not one of {', '.join(ARRAY_KINDS)}")
+    if levels is not None and kind == "continuous":
+        raise DataError(f"{p}: levels={levels} applies to discrete data, not kind=continuous")
+    if levels is not None and levels < 2:
+        raise DataError(f"{p}: levels must be at least 2, got {levels}")
+
+
+def _level_count(
+    p: Path, xs: dict[str, np.ndarray], kind: str, levels: int | None, dim: int
+) -> int:
+    """The number of levels of integer splits: given (and checked) or inferred (and capped)."""
+    top = max(int(xs[s].max()) for s in SPLITS if xs[s].size)
+    if kind == "binary" and top > 1:
+        raise DataError(f"{p}: kind=binary needs values 0 and 1, but the data holds up to {top}")
+    if levels is not None:
+        if top >= levels:
+            raise DataError(
+                f"{p}: levels={levels} but the data holds values up to {top}; levels must be "
+                f"at least {top + 1}"
+            )
+        return levels
+    inferred = max(top + 1, 2)
+    if inferred > MAX_INFERRED_LEVELS:
+        raise _too_many_levels(p, top, inferred, xs["train"].dtype, dim)
+    return inferred
+
+
+def _typed_splits(
+    p: Path,
+    xs: dict[str, np.ndarray],
+    kind: str,
+    levels: int | None,
+    event_shape: tuple[int, ...],
+    num_classes: int | None,
+) -> tuple[DataSpec, dict[str, torch.Tensor], str]:
+    """The spec, the split tensors and a description, for the ``kind`` asked for."""
+    is_float = xs["train"].dtype.kind == "f"
+    if kind == "continuous" or (kind == "auto" and is_float):
+        if levels is not None:
+            raise DataError(f"{p}: levels={levels} applies to integer data, but this is floating")
+        spec = DataSpec(event_shape, DataKind.CONTINUOUS, num_classes=num_classes)
+        x_t = {s: torch.from_numpy(np.ascontiguousarray(xs[s], dtype=np.float32)) for s in SPLITS}
+        return spec, x_t, "continuous" + ("" if is_float else " (integers read as floats)")
+    if is_float:
+        raise DataError(
+            f"{p}: kind={kind} needs integer levels 0..K-1, but the data is floating "
+            f"({xs['train'].dtype}); store it as integers, or use kind=continuous"
+        )
+    levels = _level_count(p, xs, kind, levels, int(np.prod(event_shape)))
+    binary = kind == "binary" or (kind == "auto" and levels == 2)
+    data_kind = DataKind.BINARY if binary else DataKind.DISCRETE
+    spec = DataSpec(event_shape, data_kind, num_levels=levels, num_classes=num_classes)
+    x_t = {s: _compact_ints(xs[s], levels) for s in SPLITS}
+    return spec, x_t, "binary" if binary else f"discrete, {levels} levels"
+
+
 @register_dataset(
     "array", DataKind.DISCRETE, "your own .npy/.npz array (kind inferred from dtype)"
 )
@@ -177,6 +266,7 @@ def load_array(
     path: str,
     levels: int | None = None,
     key: str | None = None,
+    kind: ArrayKind = "auto",
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
@@ -188,13 +278,18 @@ def load_array(
             optionally ``y_train``/``y_val``/``y_test`` labels), or with one array (key ``x``, or
             ``key``, or the only key; optional labels ``y``) that is split at random.
             With ``train`` present, a missing ``val``/``test`` is carved from it at random.
-        levels: number of levels of integer data (default: max + 1 over all splits).
+        levels: number of levels of integer data (default: max + 1 over all splits, refused
+            above :data:`MAX_INFERRED_LEVELS`; give it explicitly to go beyond).
         key: which array of a multi-array .npz to use, when there is no ``train`` key.
+        kind: ``auto`` (integers are discrete, 0/1 binary, floats continuous), ``discrete``
+            (integers, even when they only hold 0 and 1), ``binary`` (integers 0 and 1) or
+            ``continuous`` (the values as float32, integers included).
         val_fraction, test_fraction, seed: the random split.
     """
     p = _existing_path(path, "array file")
     if p.suffix not in ARRAY_SUFFIXES:
         raise DataError(f"{p}: expected a .npy or .npz file")
+    _check_array_options(p, kind, levels)
     arrays = _read_arrays(p)
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray | None] = {}
@@ -241,8 +336,8 @@ def load_array(
     shapes = {s: xs[s].shape[1:] for s in SPLITS}
     if len(set(shapes.values())) > 1:
         raise DataError(f"{p}: the splits must have the same example shape, got {shapes}")
-    kinds = {xs[s].dtype.kind == "f" for s in SPLITS}
-    if len(kinds) > 1:
+    floats = {xs[s].dtype.kind == "f" for s in SPLITS}
+    if len(floats) > 1:
         raise DataError(f"{p}: the splits mix integer and floating dtypes; use one for all")
     event_shape = tuple(int(d) for d in shapes["train"])
     labelled = [y for s in SPLITS if (y := ys[s]) is not None]
@@ -252,25 +347,7 @@ def load_array(
     num_classes = max((int(y.max()) + 1 for y in labelled if len(y)), default=None)
     y_t = {s: None if (y := ys[s]) is None else torch.from_numpy(y) for s in SPLITS}
 
-    if kinds == {True}:
-        if levels is not None:
-            raise DataError(f"{p}: levels={levels} applies to integer data, but this is floating")
-        spec = DataSpec(event_shape, DataKind.CONTINUOUS, num_classes=num_classes)
-        x_t = {s: torch.from_numpy(np.ascontiguousarray(xs[s], dtype=np.float32)) for s in SPLITS}
-        what = "continuous (float)"
-    else:
-        top = max(int(xs[s].max()) for s in SPLITS if xs[s].size)
-        if levels is None:
-            levels = max(top + 1, 2)
-        elif levels < 2 or top >= levels:
-            raise DataError(
-                f"{p}: levels={levels} but the data holds values up to {top}; levels must be at "
-                f"least {max(top + 1, 2)}"
-            )
-        kind = DataKind.BINARY if levels == 2 else DataKind.DISCRETE
-        spec = DataSpec(event_shape, kind, num_levels=levels, num_classes=num_classes)
-        x_t = {s: _compact_ints(xs[s], levels) for s in SPLITS}
-        what = "binary" if kind is DataKind.BINARY else f"discrete, {levels} levels"
+    spec, x_t, what = _typed_splits(p, xs, kind, levels, event_shape, num_classes)
     sizes = "/".join(str(len(x_t[s])) for s in SPLITS)
     return _make_dataset(
         "array", spec, x_t, y_t, f"array file {p}: {what}, shape {event_shape}, {sizes}"

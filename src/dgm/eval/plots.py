@@ -11,14 +11,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dgm.core.errors import DataError
 from dgm.core.spec import DataKind, DataSpec
 
 __all__ = [
     "image_grid",
     "save_png",
     "curves_png",
+    "curves_figure",
     "scatter_png",
     "samples_png",
+    "can_draw",
     "latent_png",
 ]
 
@@ -61,7 +64,13 @@ def _fig_png(fig: Any) -> bytes:
 
 
 def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
-    """Training loss and validation score per epoch."""
+    """Training loss and validation score per epoch, as a PNG."""
+    return _fig_png(curves_figure(metrics, title))
+
+
+def curves_figure(metrics: list[dict[str, Any]], title: str = "") -> Any:
+    """The matplotlib figure of :func:`curves_png`: every epoch a marker, so that a run of one
+    epoch shows its point, and the y range always holds the last and the best values."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,12 +82,25 @@ def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if rows:
         ep = [m["epoch"] for m in rows]
-        ax.plot(ep, [m["train_loss"] for m in rows], label="train loss (nats/example)")
-        ax.plot(ep, [m["val"] for m in rows], label=f"validation ({rows[0]['val_method']})")
+        # Markers, so that a run of one epoch (one point per line) still shows.
+        style = {"marker": "o", "markersize": 3 if len(rows) > 30 else 5}
+        ax.plot(ep, [m["train_loss"] for m in rows], label="train loss (nats/example)", **style)
+        ax.plot(ep, [m["val"] for m in rows], label=f"validation ({rows[0]['val_method']})",
+                **style)
+        if len(rows) == 1:
+            ax.set_xlim(ep[0] - 1, ep[0] + 1)
+            ax.set_xticks([ep[0]])
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         best = min(rows, key=lambda m: m["val"])
         ax.axvline(best["epoch"], color="gray", ls=":", label=f"best epoch {best['epoch']}")
         lo = min(min(m["train_loss"] for m in rows), min(m["val"] for m in rows))
-        hi = np.percentile([m["val"] for m in rows] + [m["train_loss"] for m in rows], 90)
+        # Clip the first epochs' large losses, but never the last point or the best one.
+        kept = [rows[-1]["train_loss"], rows[-1]["val"], best["val"]]
+        hi = max(np.percentile([m["val"] for m in rows] + [m["train_loss"] for m in rows], 90),
+                 *kept)
         if hi > lo:
             ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("epoch")
@@ -86,7 +108,7 @@ def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _fig_png(fig)
+    return fig
 
 
 def scatter_png(
@@ -126,15 +148,30 @@ def scatter_png(
     return _fig_png(fig)
 
 
+def _is_image(spec: DataSpec) -> bool:
+    """Gray or RGB (C, H, W) images, or flat discrete vectors of 8x8 or 28x28 pixels."""
+    if spec.is_image:
+        return spec.event_shape[0] in (1, 3)
+    return spec.kind is not DataKind.CONTINUOUS and spec.dim in (64, 784)
+
+
+def can_draw(spec: DataSpec) -> bool:
+    """Whether :func:`samples_png` can draw data of ``spec``: images or 2-D points (not tokens)."""
+    return spec.kind is not DataKind.TOKENS and (_is_image(spec) or spec.dim == 2)
+
+
 def samples_png(x: Tensor, spec: DataSpec, scale: int = 4) -> bytes:
     """Samples as a PNG: an image grid for images, a scatter plot for 2-D points."""
+    if not can_draw(spec):
+        raise DataError(
+            f"cannot draw samples of shape {spec.event_shape} ({spec.kind.value}) as a picture; "
+            "save them as .npy"
+        )
     buf = io.BytesIO()
-    if spec.is_image or (spec.kind is not DataKind.CONTINUOUS and spec.dim in (64, 784)):
+    if _is_image(spec):
         save_png(image_grid(x, spec), buf, scale=scale)
         return buf.getvalue()
-    if spec.dim == 2:
-        return scatter_png(x, x, None, "samples")
-    raise ValueError(f"cannot draw samples of shape {spec.event_shape} as a picture; use .npy")
+    return scatter_png(x, x, None, "samples")
 
 
 def latent_png(

@@ -17,6 +17,7 @@ from dgm.core.spec import DataKind
 from dgm.eval.latent import interpolate, summarize_latents
 from dgm.eval.likelihood import Evaluation, evaluate
 from dgm.eval.plots import (
+    can_draw,
     curves_png,
     image_grid,
     latent_png,
@@ -126,7 +127,8 @@ def write_report(
     parts.append(
         "<p>"
         f"parameters: {info.get('num_parameters', 0):,} &middot; epochs: {info.get('epochs_completed')}"
-        f" (best {info.get('best_epoch')}) &middot; stopped early: {info.get('stopped_early')}"
+        f" (best {info.get('best_epoch')}) &middot; stopped early: "
+        f"{'yes' if info.get('stopped_early') else 'no'}"
         f" &middot; wall {info.get('wall_s', 0):.1f} s, CPU {info.get('cpu_s', 0):.1f} s"
         f" &middot; likelihood: {html.escape(str(info.get('likelihood')))}"
         f" &middot; torch {html.escape(info.get('versions', {}).get('torch', '?'))}</p>"
@@ -152,6 +154,12 @@ def write_report(
             density = lambda p: model.log_prob(p)  # noqa: E731
         many = model.sample(2000, generator=gen)
         parts.append(_img(scatter_png(data, many, density, title), "samples"))
+    elif not can_draw(spec):
+        parts.append(
+            f"<p class=note>Examples of shape {spec.event_shape} ({spec.kind.value}) are not "
+            "images or 2-D points, so they are not drawn; save samples as an array with "
+            "<code>dgm sample RUN_DIR --out samples.npy</code>.</p>"
+        )
     else:
         parts.append(_img(samples_png(samples, spec), "samples"))
         real, _ = dataset.test.batch(slice(0, n_samples), spec)

@@ -227,6 +227,7 @@ class ARM(AutoregressiveModel):
     """
 
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
+    sample_options = frozenset({"temperature"})
 
     def __init__(self, spec: DataSpec, config: ARMConfig | None = None) -> None:
         super().__init__(spec)

@@ -150,6 +150,7 @@ class PixelCNN(AutoregressiveModel):
     """
 
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
+    sample_options = frozenset({"temperature"})
 
     def __init__(self, spec: DataSpec, config: PixelCNNConfig | None = None) -> None:
         super().__init__(spec)

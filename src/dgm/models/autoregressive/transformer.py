@@ -94,6 +94,7 @@ class TransformerARM(AutoregressiveModel):
     """Transformer ARM: causal self-attention over a start token and the flattened event."""
 
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE, DataKind.TOKENS})
+    sample_options = frozenset({"temperature", "top_k", "top_p", "use_cache"})
 
     def __init__(self, spec: DataSpec, config: TransformerARMConfig | None = None) -> None:
         super().__init__(spec)
