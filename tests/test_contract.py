@@ -491,3 +491,15 @@ def test_declared_sample_options_are_what_sample_takes() -> None:
         params = inspect.signature(cls.sample).parameters
         extra = {p for p in params if p not in ("self", "n", "y", "generator")}
         assert set(cls.sample_options) == extra, name
+
+
+def test_reconstruct_takes_a_generator() -> None:
+    """The report calls ``reconstruct(x, generator=g)`` on every model that has the capability."""
+    import inspect
+
+    from dgm.core.registry import model_entry
+
+    for name in model_names():
+        cls = model_entry(name).cls
+        if hasattr(cls, "reconstruct"):
+            assert "generator" in inspect.signature(cls.reconstruct).parameters, name

@@ -344,9 +344,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         _end_distributed()
         if not is_main:
             return 0
+    from dgm.eval.likelihood import method_names
+
+    unit = " nats/example" if result.val_method in method_names() else ""
     print(
-        f"{cfg.model_name} on {cfg.data.name}: best validation {result.best_val:.3f} nats "
-        f"({result.val_method}) at epoch {result.best_epoch} of {result.epochs}; "
+        f"{cfg.model_name} on {cfg.data.name}: best validation {result.best_val:.3f}{unit} "
+        f"[{result.val_label}] at epoch {result.best_epoch} of {result.epochs}; "
         f"{result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU; run saved in {out}"
     )
     return 0
@@ -364,25 +367,47 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dgm.eval.likelihood import evaluate
+    """The likelihood (labelled by its method) and, with ``--metrics`` or for a model without a
+    normalized likelihood, the sample quality against the split."""
+    from dgm.core.base import Likelihood
+    from dgm.eval.likelihood import evaluate, resolve_method
+    from dgm.eval.quality import sample_quality
 
     run, dataset = _open(args)
     model = run.load_model(args.device or "cpu")
-    result = evaluate(
-        model,
-        dataset.split(args.split),
-        split_name=args.split,
-        method=args.method,
-        k=args.k,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.line())
+    normalized = model.likelihood_on(model.spec.kind) not in (Likelihood.NONE,
+                                                              Likelihood.UNNORMALIZED)
+    if args.metrics is None and not normalized:
+        print(f"{type(model).__name__} has no normalized likelihood "
+              f"({model.likelihood_on(model.spec.kind).value}); scoring its samples instead",
+              file=sys.stderr)
+    likelihood = quality = None
+    if args.method is not None and not normalized:
+        resolve_method(model, args.method)  # one clear error: no likelihood to score
+    if normalized and (args.metrics is None or args.method is not None):
+        likelihood = evaluate(
+            model, dataset.split(args.split), split_name=args.split,
+            method=args.method or "auto", k=args.k, batch_size=args.batch_size, seed=args.seed,
+        )
+    if args.metrics is not None or not normalized:
+        quality = sample_quality(model, dataset, metrics=args.metrics, n=args.n,
+                                 split=args.split, seed=args.seed)
+    records = [r.to_dict() for r in (likelihood, quality) if r is not None]
+    if args.json:
+        if quality is None:
+            print(json.dumps(records[0], indent=2))
+        else:
+            print(json.dumps({"likelihood": likelihood and likelihood.to_dict(),
+                              "quality": quality.to_dict()}, indent=2))
+    else:
+        for r in (likelihood, quality):
+            if r is not None:
+                print(r.line())
     record = run.path / "evals.jsonl"
     try:
         with open(record, "a") as f:
-            f.write(json.dumps(result.to_dict()) + "\n")
-    except OSError as e:  # the number is printed; a read-only run only loses the record
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    except OSError as e:  # the numbers are printed; a read-only run only loses the record
         print(f"warning: not recorded in {record}: {e.strerror}", file=sys.stderr)
     return 0
 
@@ -536,9 +561,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     run, dataset = _open(args)
     out = Path(args.out) if args.out else run.path / "report.html"
     _check_writable_file(out, "--out" if args.out else "the report")
-    path, evals = write_report(run, dataset, out, k=args.k, seed=args.seed)
+    path, evals, quality = write_report(run, dataset, out, k=args.k, seed=args.seed)
     for e in evals:
         print(e.line())
+    if quality is not None:
+        print(quality.line())
     print(f"report written to {path}")
     return 0
 
@@ -609,10 +636,18 @@ def _add_train(sub: Any) -> None:
 
 
 def _add_eval(sub: Any) -> None:
-    s = sub.add_parser("eval", help="negative log-likelihood of a split, labelled")
+    from dgm.eval.likelihood import method_names
+
+    s = sub.add_parser("eval", help="negative log-likelihood of a split, labelled; sample "
+                       "quality with --metrics")
     s.add_argument("run_dir")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
-    s.add_argument("--method", default="auto", choices=["auto", "exact", "elbo", "iwae"])
+    s.add_argument("--method", choices=method_names(),
+                   help="likelihood method (default: the model's own)")
+    s.add_argument("--metrics", help="sample quality against the split, comma-separated: "
+                   "fd, kid, pr, dc, acc (images), mmd, loglik (2-D toys)")
+    s.add_argument("-n", "--n", type=_at_least(1), dest="n",
+                   help="samples for --metrics (default: the split's size)")
     s.add_argument("--k", type=_at_least(1),
                    help="importance samples (iwae) or draws averaged (elbo)")
     s.add_argument("--batch-size", type=_at_least(1), default=512)

@@ -115,7 +115,7 @@ def run_demo(
         else:
             _train_one(name, run_dir, quick)
         run = open_run(run_dir)
-        _, evals = write_report(run, dataset, run_dir / "report.html", k=k)
+        _, evals, _ = write_report(run, dataset, run_dir / "report.html", k=k)
         _write_samples(run.load_model(), run_dir / "samples.png")
         row = _row(name, run, evals)
         rows.append(row)

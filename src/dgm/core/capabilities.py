@@ -23,6 +23,7 @@ __all__ = [
     "Auxiliary",
     "LatentVariable",
     "Generates",
+    "Reconstructs",
 ]
 
 
@@ -159,4 +160,13 @@ class Generates(Protocol):
     """A sequence model that continues a prompt of token ids (text, SMILES)."""
 
     def generate(self, prefix: Tensor, steps: int, **options: object) -> Tensor:
+        ...
+
+
+@runtime_checkable
+class Reconstructs(Protocol):
+    """A model that maps an example through its latent space and back (autoencoders)."""
+
+    def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """x (N, *event_shape) -> reconstructions in the data's space and dtype."""
         ...

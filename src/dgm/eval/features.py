@@ -54,6 +54,7 @@ from dgm.core.errors import CheckpointError, ConfigError, DataError
 from dgm.data import Dataset, load
 
 __all__ = [
+    "feature_net_ready",
     "FeatureNet",
     "FeatureNetConfig",
     "FEATURE_NET_CONFIGS",
@@ -463,6 +464,15 @@ def _cached(name: str, root: str | Path | None) -> FeatureNet:
         return load_feature_net(weights, expected)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; delete {weights} to retrain") from None
+
+
+def feature_net_ready(name: str, *, root: str | Path | None = None) -> bool:
+    """Whether :func:`feature_net` can return ``name``'s network without training it first
+    (shipped, or trained before and cached)."""
+    base = _BASE.get(name)
+    if base is None:
+        return False
+    return base in SHIPPED_SHA256 or (_cache_dir(root) / f"{base}.safetensors").is_file()
 
 
 def feature_net(name: str, *, root: str | Path | None = None) -> FeatureNet:

@@ -68,10 +68,11 @@ from dgm.core.base import GenerativeModel
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.spec import DataKind, DataSpec
 from dgm.data import Dataset, load
-from dgm.eval.features import FeatureNet, feature_net, feature_net_names
+from dgm.eval.features import FeatureNet, feature_net, feature_net_names, feature_net_ready
 
 __all__ = [
     "QualityResult",
+    "quality_ready",
     "Estimate",
     "MMDEstimate",
     "PrecisionRecall",
@@ -578,6 +579,12 @@ def conditional_accuracy(samples: Tensor, labels: Tensor, net: FeatureNet) -> fl
 
 def _is_toy(spec: DataSpec) -> bool:
     return spec.kind is DataKind.CONTINUOUS and spec.event_shape == (2,)
+
+
+def quality_ready(name: str, spec: DataSpec) -> bool:
+    """Whether samples of dataset ``name`` can be scored now, with no feature network to train
+    first: 2-D toy data, or images whose network is shipped or cached."""
+    return _is_toy(spec) or (spec.is_image and feature_net_ready(name))
 
 
 def _resolve_metrics(name: str, spec: DataSpec, metrics: Sequence[str] | None) -> tuple[str, ...]:

@@ -12,10 +12,12 @@ import torch
 import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
+from dgm.core.capabilities import Reconstructs
 from dgm.data.dataset import Dataset
 from dgm.core.spec import DataKind
 from dgm.eval.latent import interpolate, summarize_latents
 from dgm.eval.likelihood import Evaluation, evaluate
+from dgm.eval.quality import QualityResult, quality_ready, sample_quality
 from dgm.eval.plots import (
     can_draw,
     curves_png,
@@ -27,7 +29,10 @@ from dgm.eval.plots import (
 )
 from dgm.runs import Run
 
-__all__ = ["write_report", "report_evaluations"]
+__all__ = ["write_report", "report_evaluations", "report_quality", "QUALITY_SAMPLES"]
+
+#: at most this many samples are scored for the report's sample quality
+QUALITY_SAMPLES = 1000
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -36,15 +41,68 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def report_evaluations(model: Any, dataset: Dataset, k: int, seed: int = 0) -> list[Evaluation]:
-    """The primary score on validation and test, plus IWAE(k) on test for bound models."""
+    """The primary score on validation and test, plus IWAE(k) on test for bound models (none
+    for a model without a normalized likelihood)."""
+    kind = model.likelihood_on(model.spec.kind)
+    if kind in (Likelihood.NONE, Likelihood.UNNORMALIZED):
+        return []
     out = [
         evaluate(model, dataset.val, split_name="val", seed=seed),
         evaluate(model, dataset.test, split_name="test", seed=seed),
     ]
-    kind = model.likelihood_on(model.spec.kind)
     if kind is Likelihood.LOWER_BOUND and isinstance(model, ImportanceWeighted) and k > 1:
         out.append(evaluate(model, dataset.test, split_name="test", method="iwae", k=k, seed=seed))
     return out
+
+
+def report_quality(model: Any, dataset: Dataset, seed: int = 0) -> QualityResult | None:
+    """Sample quality against the test split (at most :data:`QUALITY_SAMPLES` samples) where it
+    can be scored without training a feature network first; else None."""
+    if not quality_ready(dataset.name, dataset.spec):
+        return None
+    n = min(len(dataset.test), QUALITY_SAMPLES)
+    return sample_quality(model, dataset, n=n, split="test", seed=seed)
+
+
+def _quality_html(q: QualityResult | None, dataset: Dataset) -> str:
+    if q is None:
+        return (
+            "<p class=note>Sample quality needs this dataset's feature network, which is not "
+            "trained yet; <code>dgm eval RUN_DIR --metrics fd,kid,pr</code> trains it once "
+            "(cached, checksummed) and scores the samples.</p>"
+        )
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(value)}</td></tr>"
+        for name, value in _quality_rows(q)
+    )
+    return (
+        f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+        f"<p class=note>{q.n_fake} samples against the {q.n_real} test examples of "
+        f"{html.escape(dataset.name)}"
+        + (f", in the features of {html.escape(q.feature_net)}" if q.feature_net else "")
+        + ". Compare with the real-vs-real floors (train vs test, validation vs test) in "
+        "BENCHMARKS.md: the scale of a Fréchet distance depends on the feature network.</p>"
+    )
+
+
+def _quality_rows(q: QualityResult) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if q.fd is not None:
+        rows.append(("Fréchet distance (lower is better)", f"{q.fd:.2f}"))
+    if q.kid is not None:
+        rows.append(("KID x 1000 ± standard error", f"{1000 * q.kid:.2f} ± {1000 * q.kid_stderr:.2f}"))
+    if q.precision is not None:
+        rows.append((f"precision / recall (k = {q.k_pr})", f"{q.precision:.3f} / {q.recall:.3f}"))
+    if q.density is not None:
+        rows.append((f"density / coverage (k = {q.k_dc})", f"{q.density:.3f} / {q.coverage:.3f}"))
+    if q.accuracy is not None:
+        rows.append(("classifier accuracy on class-conditional samples", f"{q.accuracy:.3f}"))
+    if q.mmd is not None:
+        rows.append(("MMD² (Gaussian kernel) ± standard error", f"{q.mmd:.5f} ± {q.mmd_stderr:.5f}"))
+    if q.log_likelihood is not None:
+        rows.append(("mean log-density of the samples under the true density",
+                     f"{q.log_likelihood:.3f} (real data: {q.log_likelihood_real:.3f})"))
+    return rows
 
 
 def _table(evals: list[Evaluation]) -> str:
@@ -114,11 +172,13 @@ def _latent_section(model: Any, dataset: Dataset) -> str:
 
 def write_report(
     run: Run, dataset: Dataset, out: Path, *, k: int = 100, seed: int = 0, n_samples: int = 64
-) -> tuple[Path, list[Evaluation]]:
-    """Write ``out`` (HTML, images inlined) and return its path and the evaluations shown."""
+) -> tuple[Path, list[Evaluation], QualityResult | None]:
+    """Write ``out`` (HTML, images inlined); return its path, the likelihood evaluations shown
+    and the sample quality (None where it cannot be scored without training a feature net)."""
     model = run.load_model()
     spec = dataset.spec
     evals = report_evaluations(model, dataset, k=k, seed=seed)
+    quality = report_quality(model, dataset, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     parts: list[str] = []
     info = run.info
@@ -133,13 +193,26 @@ def write_report(
         f" &middot; likelihood: {html.escape(str(info.get('likelihood')))}"
         f" &middot; torch {html.escape(info.get('versions', {}).get('torch', '?'))}</p>"
     )
-    parts.append("<h2>Metrics</h2>" + _table(evals))
+    if evals:
+        parts.append("<h2>Likelihood</h2>" + _table(evals))
+        parts.append(
+            "<p class=note>Nats per example are summed over the data's dimensions; bits per "
+            "dimension are in the data's own discrete space. A -ELBO or IWAE value is an upper "
+            "bound on the negative log-likelihood, not the NLL itself.</p>"
+        )
+    else:
+        kind = model.likelihood_on(spec.kind).value
+        parts.append(
+            f"<h2>Likelihood</h2><p class=note>{html.escape(type(model).__name__)} has no "
+            f"normalized likelihood ({html.escape(kind)}): no number here is an NLL.</p>"
+        )
+    parts.append("<h2>Sample quality</h2>" + _quality_html(quality, dataset))
+    monitor = info.get("val_label") or info.get("val_method", "?")
     parts.append(
-        "<p class=note>Nats per example are summed over the data's dimensions; bits per dimension "
-        "are in the data's own discrete space. A -ELBO or IWAE value is an upper bound on the "
-        "negative log-likelihood, not the NLL itself.</p>"
+        "<h2>Training</h2>"
+        f"<p>Early stopping and the best weights followed: {html.escape(str(monitor))}.</p>"
+        + _img(curves_png(run.metrics(), title), "curves")
     )
-    parts.append("<h2>Training</h2>" + _img(curves_png(run.metrics(), title), "curves"))
     tokenizer = run.tokenizer()
     samples = model.sample(8 if tokenizer is not None else n_samples, generator=gen)
     parts.append("<h2>Samples</h2>")
@@ -164,7 +237,7 @@ def write_report(
         parts.append(_img(samples_png(samples, spec), "samples"))
         real, _ = dataset.test.batch(slice(0, n_samples), spec)
         parts.append("<h3>Test images</h3>" + _img(samples_png(real, spec), "data"))
-        if hasattr(model, "reconstruct"):
+        if isinstance(model, Reconstructs):
             x = real[:32]
             with torch.no_grad():
                 rec = model.reconstruct(x, generator=gen)
@@ -188,4 +261,4 @@ def write_report(
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     )
     out.write_text(page)
-    return out, evals
+    return out, evals, quality

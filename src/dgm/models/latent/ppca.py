@@ -432,8 +432,9 @@ class PPCA(GenerativeModel):
         return self._to_data(z @ self.weight.T + self.bias + self.variance.sqrt() * eps)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """W E[z | x] + b, the posterior mean decoded, in the data's space and dtype."""
+    def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """W E[z | x] + b, the posterior mean decoded, in the data's space and dtype
+        (deterministic: ``generator`` is not used)."""
         return self.decode_top(self.posterior(x).mean)
 
     # -- the closed-form fit ------------------------------------------------------------------
