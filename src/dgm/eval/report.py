@@ -90,7 +90,8 @@ def _quality_rows(q: QualityResult) -> list[tuple[str, str]]:
     if q.fd is not None:
         rows.append(("Fréchet distance (lower is better)", f"{q.fd:.2f}"))
     if q.kid is not None:
-        rows.append(("KID x 1000 ± standard error", f"{1000 * q.kid:.2f} ± {1000 * q.kid_stderr:.2f}"))
+        rows.append(("KID (unbiased MMD², cubic kernel) ± standard error",
+                     f"{q.kid:.3f} ± {q.kid_stderr:.3f}"))
     if q.precision is not None:
         rows.append((f"precision / recall (k = {q.k_pr})", f"{q.precision:.3f} / {q.recall:.3f}"))
     if q.density is not None:
