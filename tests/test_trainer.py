@@ -36,7 +36,8 @@ class _Killed(Exception):
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
-    extra = ("train.ema_decay=0.9", "optim.schedule=cosine", "optim.warmup_steps=3")
+    extra = ("train.ema_decay=0.9", "optim.schedule=cosine", "optim.warmup_steps=3",
+             "train.checkpoint_every_s=0")
     train(_cfg(*extra), tmp_path / "full")
     # Kill the second run right after its epoch-2 checkpoint, then resume it.
     save_last = trainer_mod._Trainer._save_last
@@ -188,3 +189,28 @@ def test_an_unknown_monitor_is_one_error(tmp_path):
 
     with pytest.raises(ConfigError, match="train.monitor"):
         train(_cfg("train.monitor=magic"), tmp_path / "r")
+
+
+def test_checkpoints_follow_the_interval_and_the_end(tmp_path, monkeypatch):
+    saves = []
+    save_last = trainer_mod._Trainer._save_last
+
+    def counted(self):
+        saves.append(self.state.epoch)
+        save_last(self)
+
+    monkeypatch.setattr(trainer_mod._Trainer, "_save_last", counted)
+    train(_cfg("train.epochs=5"), tmp_path / "slow")  # 30 s: the start and the last epoch
+    assert saves == [0, 5]
+    saves.clear()
+    train(_cfg("train.epochs=3", "train.checkpoint_every_s=0"), tmp_path / "every")
+    assert saves == [0, 1, 2, 3]
+    # The best weights on disk are the best epoch's, written with the final checkpoint.
+    import dgm
+
+    info = json.loads((tmp_path / "slow" / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_completed"] == 5
+    best = load_file(str(tmp_path / "slow" / "model.safetensors"))
+    model = dgm.load(tmp_path / "slow")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k])

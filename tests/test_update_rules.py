@@ -115,7 +115,7 @@ class _Killed(Exception):
 @pytest.mark.parametrize("rule", list(RULES))
 def test_resume_equals_uninterrupted(rule, tmp_path, monkeypatch):
     extra = ("optim.schedule=cosine", "optim.momentum=0.5", "train.ema_decay=0.9",
-             "train.epochs=4")
+             "train.epochs=4", "train.checkpoint_every_s=0")
     train(_cfg(rule, *extra), tmp_path / "full")
     save_last = trainer_mod._Trainer._save_last
 

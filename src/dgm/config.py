@@ -87,6 +87,10 @@ class TrainConfig:
     likelihood's natural method, else the validation objective), an evaluation method
     (``exact``, ``elbo``, ``iwae``, ...), ``objective`` (the mean training loss on the
     validation split, labelled as such) or a sample-quality metric (``fd``, ``kid``).
+    ``checkpoint_every_s``: write the resume checkpoint (and the best weights, run.json) after
+    the first epoch that ends this many seconds after the last one, and after the final epoch
+    (0: after every epoch). A resumed run still equals an uninterrupted one; a crash loses at
+    most this much work.
     """
 
     epochs: int = 100
@@ -105,6 +109,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     monitor: str = "auto"
     monitor_samples: int = 1000
+    checkpoint_every_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -166,8 +166,8 @@ class _EpochTotals:
         self.counts: dict[str, int] = {}
 
     def add(self, player: str, values: Tensor) -> None:
-        total = values.detach().double().sum().cpu()
-        self.sums[player] = self.sums.get(player, torch.zeros((), dtype=torch.float64)) + total
+        total = values.detach().double().sum()  # stays on its device: no sync per step
+        self.sums[player] = self.sums[player] + total if player in self.sums else total
         self.counts[player] = self.counts.get(player, 0) + values.numel()
 
 
@@ -243,6 +243,9 @@ class _Trainer:
             self._write_new_run()
             self._save_last()  # a run killed in its first epoch can still be resumed
         self._good = self._snapshot()
+        self._best: tuple[dict[str, Tensor], dict[str, Any]] | None = None
+        self._last_checkpoint = time.perf_counter()
+        self._optim = {name: config.optim_for(name) for name in self.rule.players}
         self._bad_steps = {name: 0 for name in self.rule.players}
         self._totals = _EpochTotals()
         self._step_taken = False
@@ -369,14 +372,27 @@ class _Trainer:
         }
         return copy.deepcopy(self.model.state_dict()), optimizers, self.rule.state()
 
-    def _save_best(self, epoch: int, val: float) -> None:
+    def _keep_best(self, epoch: int, val: float) -> None:
+        """Hold the best weights (EMA weights when EMA is on) in memory until the next
+        checkpoint writes them."""
         if self.ema is not None:
             self.ema.swap(self.model)
-        meta = {"epoch": epoch, "val": val, "val_method": self.val_method,
-                "val_label": self.monitor.label}
-        save_tensors(self.run_dir / BEST, self.model.state_dict(), meta)
+        self._best = ({k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                      {"epoch": epoch, "val": val, "val_method": self.val_method,
+                       "val_label": self.monitor.label})
         if self.ema is not None:
             self.ema.swap(self.model)
+
+    def _checkpoint(self) -> None:
+        """Write the best weights if they changed, then the resume checkpoint, then run.json:
+        in this order a checkpoint never names a best epoch whose weights are not on disk."""
+        if self._best is not None:
+            weights, meta = self._best
+            save_tensors(self.run_dir / BEST, weights, meta)
+            self._best = None
+        self._save_last()
+        self._write_info("running")
+        self._last_checkpoint = time.perf_counter()
 
     # -- steps --------------------------------------------------------------------------------
     def _shard(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -385,6 +401,8 @@ class _Trainer:
         return x[self.rank :: self.world], None if y is None else y[self.rank :: self.world]
 
     def _all_finite(self, value: Tensor) -> bool:
+        if self.world == 1:
+            return bool(torch.isfinite(value).all())
         flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.device)
         return float(dist.all_reduce_sum(flag)) == 0.0
 
@@ -449,13 +467,12 @@ class _Trainer:
         total.backward()
         if not self.rule.uses_ddp:
             average_gradients(p.params, self.world)
-        clip = self.tc.grad_clip if self.tc.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(p.params, clip)
+        grad_norm = _gradient_norm(p.params, self.tc.grad_clip)
         if not self._all_finite(grad_norm):
             p.optimizer.zero_grad(set_to_none=True)
             self._non_finite(player, "gradient", rng, terms)
             return None
-        oc = self.config.optim_for(player)
+        oc = self._optim[player]
         steps = self.state.steps[player]
         lr = oc.lr * self.state.lr_scale[player] * lr_factor(steps, self.total_steps[player], oc)
         for group in p.optimizer.param_groups:
@@ -504,7 +521,7 @@ class _Trainer:
         for player in self.rule.players or [MAIN]:
             total = self._totals.sums.get(player, torch.zeros((), dtype=torch.float64))
             count = self._totals.counts.get(player, 0)
-            t = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]).to(
+            t = torch.stack([total.cpu(), torch.tensor(float(count), dtype=torch.float64)]).to(
                 self.device)
             dist.all_reduce_sum(t)
             out[player] = float(t[0] / t[1]) if float(t[1]) > 0 else math.nan
@@ -587,7 +604,7 @@ class _Trainer:
             if val < s.best_val:
                 s.best_val, s.best_epoch, s.bad_epochs = val, epoch + 1, 0
                 if self.main:
-                    self._save_best(epoch + 1, val)
+                    self._keep_best(epoch + 1, val)
             else:
                 s.bad_epochs += 1
             s.epoch = epoch + 1
@@ -607,15 +624,15 @@ class _Trainer:
                 "lr": self._current_lr(), "wall_s": s.wall_s, "cpu_s": s.cpu_s, "step": s.step,
             })
             self._event(record)
-            if self.main:
-                self._save_last()
-                self._write_info("running")
+            done = s.epoch == tc.epochs or s.stopped_early
+            since = time.perf_counter() - self._last_checkpoint
+            if self.main and (done or since >= tc.checkpoint_every_s):
+                self._checkpoint()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train=f"{losses[first]:.2f}", val=f"{val:.2f}",
                                 best=f"{s.best_val:.2f}")
             elif self.main and tc.progress:
-                done = s.epoch == tc.epochs or s.stopped_early
                 if done or s.epoch == 1 or time.perf_counter() - last_line >= EPOCH_LOG_EVERY_S:
                     last_line = time.perf_counter()
                     _log(self._epoch_line(losses, val))
@@ -626,7 +643,7 @@ class _Trainer:
         if not self.rule.players:
             return 0.0
         name = next(iter(self.rule.players))
-        oc = self.config.optim_for(name)
+        oc = self._optim[name]
         step = max(0, self.state.steps[name] - 1)
         return oc.lr * self.state.lr_scale[name] * lr_factor(step, self.total_steps[name], oc)
 
@@ -636,6 +653,19 @@ class _Trainer:
         return (f"epoch {s.epoch}/{self.tc.epochs}: train {train}; val {val:.3f} "
                 f"({self.val_method}); best {s.best_val:.3f} at epoch {s.best_epoch}; "
                 f"{s.wall_s:.0f} s")
+
+
+def _gradient_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
+    """The total gradient norm (its finiteness is the guard's test), clipped to ``clip``."""
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total_norm is None:
+        return torch.nn.utils.clip_grad_norm_(params, math.inf)
+    return total_norm(grads)
 
 
 def _progress(tc: Any, start: int, main: bool) -> Any:
