@@ -46,7 +46,7 @@ def main() -> None:
     rows = []
     for positions, spec in CASES.items():
         torch.manual_seed(0)
-        model = build_model("transformer", spec, {"width": 128, "num_layers": 4, "num_heads": 4})
+        model = build_model("transformer", spec, {"hidden": 128, "num_layers": 4, "num_heads": 4})
         model.eval()
         _time_sampling(model, 2, True)  # warm-up
         cached_s, a = _time_sampling(model, args.n, True)

@@ -25,20 +25,15 @@ MAX_PARAMETERS = 200_000
 CAPS: dict[str, int] = {
     # widths
     "hidden": 8,
-    "hidden_channels": 8,
     "channels": 8,
-    "width": 8,
-    "n_embd": 8,
     "growth": 4,
     "context_dim": 4,
     "dequant_hidden": 8,
     "prior_hidden": 8,
-    "prior_width": 8,
     # depths and counts
     "num_hidden": 1,
     "num_layers": 2,
     "layers": 2,
-    "n_layer": 2,
     "prior_layers": 1,
     "num_flows": 2,
     "dequant_flows": 1,

@@ -12,7 +12,7 @@ from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.models.autoregressive.arm import ARM, ARMConfig
 
-SMALL = dict(hidden_channels=8, kernel_size=2, num_layers=3)
+SMALL = dict(hidden=8, kernel_size=2, num_layers=3)
 
 
 def small_arm(spec: DataSpec, **overrides) -> ARM:
@@ -191,7 +191,7 @@ def test_zero_temperature_is_greedy_decoding():
 
 def test_declared_capabilities_and_registry():
     spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
-    model = build_model("arm", spec, {"hidden_channels": 16})
+    model = build_model("arm", spec, {"hidden": 16})
     assert isinstance(model, ARM)
     assert model.likelihood_on(DataKind.DISCRETE) is Likelihood.EXACT
     assert model.receptive_field == 25
@@ -209,7 +209,7 @@ def test_declared_capabilities_and_registry():
 @pytest.mark.parametrize(
     "fields",
     [
-        {"hidden_channels": 0},
+        {"hidden": 0},
         {"kernel_size": 0},
         {"num_layers": 0},
         {"dilations": (1, 2)},
@@ -244,7 +244,7 @@ def test_training_lowers_the_nll():
     x = (start + torch.arange(6)) % 3
     flip = torch.rand(x.shape) < 0.1
     x = torch.where(flip, torch.randint(0, 3, x.shape), x)
-    model = ARM(spec, ARMConfig(hidden_channels=16, kernel_size=2, num_layers=3))
+    model = ARM(spec, ARMConfig(hidden=16, kernel_size=2, num_layers=3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = model.loss(x).mean().item()
     for _ in range(100):

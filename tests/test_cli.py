@@ -132,7 +132,7 @@ def test_text_train_eval_sample_prompt_and_rag(capsys, tmp_path):
     corpus.write_text("the cat sat on the mat. the dog sat on the log.\n" * 80)
     run = tmp_path / "gpt"
     assert main(["train", "gpt", "--data", str(corpus), "--out", str(run), "--set",
-                 "model.width=16", "model.num_layers=1", "model.num_heads=2",
+                 "model.hidden=16", "model.num_layers=1", "model.num_heads=2",
                  "data.options.block_size=32", "train.epochs=1", "train.progress=false"]) == 0
     assert (run / "tokenizer.json").is_file()
     capsys.readouterr()

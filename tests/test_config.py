@@ -54,3 +54,29 @@ def test_every_preset_validates(path):
     from_dict(entry.config_cls, cfg.model_options, where=str(path))
     assert isinstance(yaml.safe_load(text), dict)
     assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("model, old, new", [("arm", "hidden_channels", "hidden"),
+                                             ("pixelcnn", "hidden_channels", "hidden"),
+                                             ("transformer", "width", "hidden"),
+                                             ("vqvae", "prior_width", "prior_hidden")])
+def test_one_name_for_the_hidden_width(model, old, new, tmp_path):
+    """Every model calls its hidden width ``hidden``; an old name is refused with the new one,
+    while a run saved under the old name still loads."""
+    import yaml
+
+    import dgm
+    from dgm.core.errors import ConfigError
+    from dgm.runs import open_run
+
+    data = dgm.datasets.load("digits")
+    with pytest.raises(ConfigError, match=f"{old} was renamed {new}"):
+        dgm.build_model(model, data.spec, {old: 8})
+    run = tmp_path / "run"
+    dgm.train(load_config(overrides=[f"model.name={model}", f"model.{new}=8",
+                                     "train.epochs=1", "train.progress=false"]), run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["model"][old] = saved["model"].pop(new)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert open_run(run).config.model[new] == 8
+    dgm.load(run)

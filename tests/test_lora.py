@@ -16,7 +16,7 @@ from dgm.runs import open_run
 from dgm.train.trainer import train
 
 SPEC = DataSpec((8,), DataKind.TOKENS, num_levels=5)
-TINY = {"width": 16, "num_layers": 2, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0}
+TINY = {"hidden": 16, "num_layers": 2, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 
 
 def test_lora_layer_starts_at_the_base_and_counts_its_parameters() -> None:
@@ -91,7 +91,7 @@ def test_finetune_with_lora_from_a_base_run(tmp_path) -> None:
     cfg.model = {"name": "gpt"}  # the base run's options are taken over
     result = train(cfg, tmp_path / "lora", dataset=data)
     tuned = open_run(tmp_path / "lora")
-    assert tuned.config.model["width"] == 16 and tuned.config.finetune.lora_rank == 2
+    assert tuned.config.model["hidden"] == 16 and tuned.config.finetune.lora_rank == 2
     model = tuned.load_model()
     assert result.num_parameters == base_model.num_parameters() + sum(
         p.numel() for n, p in model.named_parameters() if ".lora_" in n

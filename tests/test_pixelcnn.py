@@ -13,7 +13,7 @@ from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.models.autoregressive.pixelcnn import PixelCNN, PixelCNNConfig
 
-SMALL = dict(hidden_channels=6, num_layers=3, kernel_size_a=3, kernel_size_b=3)
+SMALL = dict(hidden=6, num_layers=3, kernel_size_a=3, kernel_size_b=3)
 
 
 def small_pixelcnn(spec: DataSpec, **overrides) -> PixelCNN:
@@ -111,7 +111,7 @@ CASES = [
 def test_pmf_sums_to_one_over_all_images(shape, kind, levels, likelihood, k, gated):
     spec = DataSpec(shape, kind, num_levels=levels if kind is DataKind.DISCRETE else None)
     model = small_pixelcnn(spec, likelihood=likelihood, num_components=k, gated=gated,
-                           hidden_channels=6)
+                           hidden=6)
     x = all_images(levels, shape)
     log_p = model.log_prob(x)
     assert log_p.shape == (levels ** 4,) and log_p.dtype == torch.float64
@@ -163,14 +163,14 @@ def test_low_temperature_approaches_argmax_and_validation():
         PixelCNN(DataSpec((16,), DataKind.DISCRETE, num_levels=4))
     with pytest.raises(ConfigError):
         PixelCNN(DataSpec((3, 4, 4), DataKind.DISCRETE, num_levels=4),
-                 PixelCNNConfig(hidden_channels=8))
+                 PixelCNNConfig(hidden=8))
     with pytest.raises(ConfigError):
         PixelCNNConfig(kernel_size_b=4)
 
 
 def test_registry_and_defaults():
     spec = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17)
-    model = build_model("pixelcnn", spec, {"hidden_channels": 16})
+    model = build_model("pixelcnn", spec, {"hidden": 16})
     assert isinstance(model, PixelCNN)
     assert model.likelihood_on(DataKind.DISCRETE) is Likelihood.EXACT
     assert model.output[-1].conv.out_channels == 17

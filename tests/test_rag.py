@@ -298,7 +298,7 @@ def test_generator_fits_the_prompt_into_the_context_and_continues_it(tmp_path) -
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyzTCBQA .,:?\n")
     torch.manual_seed(0)
     model = build_model("gpt", DataSpec((80,), DataKind.TOKENS, num_levels=tok.vocab_size),
-                        {"width": 16, "num_layers": 1, "num_heads": 2}).eval()
+                        {"hidden": 16, "num_layers": 1, "num_heads": 2}).eval()
     rag = RetrievalAugmentedGenerator(retriever, model, tok)
     ans = rag.answer("when does the owl hunt?", k=2, max_new_tokens=8,
                      sampling=Sampling(temperature=0.0))

@@ -16,7 +16,7 @@ from dgm.models.autoregressive.transformer import GPT, TransformerARM
 
 from util import loss_drop
 
-TINY = dict(width=16, num_layers=2, num_heads=2, mlp_ratio=2)
+TINY = dict(hidden=16, num_layers=2, num_heads=2, mlp_ratio=2)
 
 
 def _model(spec: DataSpec, name: str = "transformer", **kw: object) -> TransformerARM:

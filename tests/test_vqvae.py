@@ -34,7 +34,7 @@ def _data(spec: DataSpec, n: int) -> torch.Tensor:
 
 def _vqvae(spec: DataSpec, **fields: object) -> VQVAE:
     base = {"num_latents": 3, "codebook_size": 4, "code_dim": 2, "hidden": 16,
-            "prior_width": 8, "prior_heads": 2, "prior_layers": 1, "prior_dropout": 0.0}
+            "prior_hidden": 8, "prior_heads": 2, "prior_layers": 1, "prior_dropout": 0.0}
     return VQVAE(spec, VQVAEConfig(**(base | fields)))  # type: ignore[arg-type]
 
 
@@ -330,7 +330,7 @@ def test_latent_variable_protocol() -> None:
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"prior_width": 10, "prior_heads": 4}, "must divide"),
+        ({"prior_hidden": 10, "prior_heads": 4}, "must divide"),
         ({"codebook_update": "adam"}, "codebook_update"),
         ({"codebook_size": 1}, "codebook_size"),
         ({"beta": -1.0}, "beta"),

@@ -26,7 +26,8 @@ from dgm.config import RunConfig
 from dgm.core.base import GenerativeModel
 from dgm.core.errors import CheckpointError, ConfigError, DgmError
 from dgm.core.lora import apply_lora, merge_lora
-from dgm.core.registry import build_model
+from dgm.core.configuration import renamed_keys
+from dgm.core.registry import build_model, model_entry, model_names
 from dgm.core.spec import DataSpec
 from dgm.checkpoints import load_tensors
 
@@ -114,13 +115,24 @@ def open_run(path: str | Path) -> Run:
     try:
         raw = yaml.safe_load((path / CONFIG).read_text())
         info = json.loads((path / INFO).read_text())
-        config = RunConfig.from_dict(raw)
+        config = RunConfig.from_dict(_current_names(raw))
         spec = DataSpec.from_dict(info["data_spec"])
     except (yaml.YAMLError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: run files are corrupt: {e}") from None
     except DgmError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return Run(path, config, spec, info)
+
+
+def _current_names(raw: Any) -> Any:
+    """A saved config with model keys renamed since the run was written under their new names,
+    so that older runs still load."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        return raw
+    name = raw["model"].get("name")
+    if name not in model_names():
+        return raw
+    return {**raw, "model": renamed_keys(model_entry(name).config_cls, raw["model"])}
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:

@@ -98,6 +98,13 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
+def renamed_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the keys that ``cls.RENAMED`` lists under their new names (for configs a
+    run directory saved before a rename; a config a user writes gets an error instead)."""
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    return {renamed.get(k, k) if renamed.get(k, k) not in data else k: v for k, v in data.items()}
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build the dataclass ``cls`` from a mapping, checking every key and type.
 
@@ -111,7 +118,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     renamed: dict[str, str] = getattr(cls, "RENAMED", {})
     for key in unknown:
         if key in renamed:
-            raise ConfigError(f"{where}: {key} is now called {renamed[key]} (use {renamed[key]})")
+            raise ConfigError(f"{where}: {key} was renamed {renamed[key]}; use {renamed[key]}")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import ClassVar, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +160,7 @@ class ARMConfig:
     """Configuration of :class:`ARM` (defaults: the book's network, Listing 3.3).
 
     Attributes:
-        hidden_channels: M, the width of the hidden layers (book: 256).
+        hidden: M, the width of the hidden layers (book: 256).
         kernel_size: k of every causal convolution (companion code: 7).
         num_layers: number of convolutions, the type-A first and the output layer included
             (book: 4, receptive field 25 with k = 7).
@@ -177,7 +177,9 @@ class ARMConfig:
         num_components: mixture components of the discretized logistic.
     """
 
-    hidden_channels: int = 256
+    RENAMED: ClassVar[dict[str, str]] = {"hidden_channels": "hidden"}  # old key -> new key
+
+    hidden: int = 256
     kernel_size: int = 7
     num_layers: int = 4
     dilations: tuple[int, ...] | None = None
@@ -188,7 +190,7 @@ class ARMConfig:
     num_components: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("hidden_channels", "kernel_size", "num_layers"):
+        for name in ("hidden", "kernel_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dilations is not None:
@@ -221,7 +223,7 @@ class ARM(AutoregressiveModel):
     Example:
         >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=5)
-        >>> model = ARM(spec, ARMConfig(hidden_channels=8, kernel_size=3))
+        >>> model = ARM(spec, ARMConfig(hidden=8, kernel_size=3))
         >>> model.sample(2).shape, model.sample(2).dtype
         (torch.Size([2, 1, 4, 4]), torch.int64)
     """
@@ -243,7 +245,7 @@ class ARM(AutoregressiveModel):
         self._encode, per_level = _ENCODINGS[config.input_encoding]
         self.net = CausalConvNet(
             levels if per_level else 1,
-            config.hidden_channels,
+            config.hidden,
             self.head.num_params,
             kernel_size=config.kernel_size,
             dilations=config.resolved_dilations,

@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +94,7 @@ class PixelCNNConfig:
     """Configuration of :class:`PixelCNN`.
 
     Attributes:
-        hidden_channels: width of every hidden layer (a multiple of the image's C).
+        hidden: width of every hidden layer (a multiple of the image's C).
         num_layers: masked layers (gated or plain), the type-A first included.
         kernel_size_a: k of the first, type-A layer (odd, >= 3).
         kernel_size_b: k of the type-B layers (odd).
@@ -105,7 +106,9 @@ class PixelCNNConfig:
         num_components: mixture components of the discretized logistic.
     """
 
-    hidden_channels: int = 64
+    RENAMED: ClassVar[dict[str, str]] = {"hidden_channels": "hidden"}  # old key -> new key
+
+    hidden: int = 64
     num_layers: int = 6
     kernel_size_a: int = 7
     kernel_size_b: int = 3
@@ -115,7 +118,7 @@ class PixelCNNConfig:
     num_components: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("hidden_channels", "num_layers", "num_components"):
+        for name in ("hidden", "num_layers", "num_components"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kernel_size_a < 3 or self.kernel_size_a % 2 == 0:
@@ -144,7 +147,7 @@ class PixelCNN(AutoregressiveModel):
     Example:
         >>> from dgm.core.spec import DataKind, DataSpec
         >>> spec = DataSpec((1, 4, 4), DataKind.DISCRETE, num_levels=5)
-        >>> model = PixelCNN(spec, PixelCNNConfig(hidden_channels=8, num_layers=2))
+        >>> model = PixelCNN(spec, PixelCNNConfig(hidden=8, num_layers=2))
         >>> model.sample(2).shape, model.sample(2).dtype
         (torch.Size([2, 1, 4, 4]), torch.int64)
     """
@@ -160,15 +163,15 @@ class PixelCNN(AutoregressiveModel):
                 f"PixelCNN needs (C, H, W) images, got event shape {tuple(spec.event_shape)}"
             )
         c = spec.event_shape[0]
-        if config.hidden_channels % c:
+        if config.hidden % c:
             raise ConfigError(
-                f"hidden_channels ({config.hidden_channels}) must be a multiple of the image's "
+                f"model.hidden ({config.hidden}) must be a multiple of the image's "
                 f"{c} channels (one group of hidden channels per colour)"
             )
         self.config = config
         self.head = likelihood_head(spec, config.likelihood, config.num_components)
         stack = _GatedStack if config.gated else _PlainStack
-        width = config.hidden_channels
+        width = config.hidden
         self.body = stack(
             c, width, config.num_layers, config.kernel_size_a, config.kernel_size_b,
             config.dropout,

@@ -26,6 +26,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -46,10 +47,10 @@ class TransformerARMConfig:
     """Hyperparameters of the transformer ARM.
 
     Args:
-        width: embedding width D (the book's ``num_emb``).
+        hidden: embedding width D (the book's ``num_emb``).
         num_layers: number of transformer blocks (``num_blocks``).
-        num_heads: attention heads; must divide ``width``.
-        mlp_ratio: MLP hidden width as a multiple of ``width`` (the book's ``num_neurons``).
+        num_heads: attention heads; must divide ``hidden``.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden`` (the book's ``num_neurons``).
         dropout: on the embedded input, attention weights and sublayer outputs (the book drops
             only the embedded input).
         norm: "pre" (LayerNorm before each sublayer, GPT-2) or "post" (after, the book's block).
@@ -59,7 +60,9 @@ class TransformerARMConfig:
         tie_embeddings: share the token embedding with the output layer (categorical only).
     """
 
-    width: int = 128
+    RENAMED: ClassVar[dict[str, str]] = {"width": "hidden"}  # old key -> new key
+
+    hidden: int = 128
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 4
@@ -70,11 +73,11 @@ class TransformerARMConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.num_layers < 1 or self.num_heads < 1 or self.mlp_ratio < 1:
-            raise ConfigError("model: width, num_layers, num_heads and mlp_ratio must be >= 1")
-        if self.width % self.num_heads:
+        if self.hidden < 1 or self.num_layers < 1 or self.num_heads < 1 or self.mlp_ratio < 1:
+            raise ConfigError("model: hidden, num_layers, num_heads and mlp_ratio must be >= 1")
+        if self.hidden % self.num_heads:
             raise ConfigError(
-                f"model.num_heads ({self.num_heads}) must divide model.width ({self.width})"
+                f"model.num_heads ({self.num_heads}) must divide model.hidden ({self.hidden})"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -102,7 +105,7 @@ class TransformerARM(AutoregressiveModel):
         self.config = config
         assert spec.num_levels is not None
         self.max_length = spec.dim
-        width = config.width
+        width = config.hidden
         self.token_embedding = nn.Embedding(spec.num_levels, width)
         self.start = nn.Parameter(torch.zeros(width))
         self.position_embedding = nn.Embedding(self.max_length, width)
@@ -156,7 +159,7 @@ class TransformerARM(AutoregressiveModel):
         ref = self.to_params.weight
         return KVCache(
             len(self.blocks), batch, self.config.num_heads, self.max_length,
-            self.config.width // self.config.num_heads, device=ref.device, dtype=ref.dtype,
+            self.config.hidden // self.config.num_heads, device=ref.device, dtype=ref.dtype,
         )
 
     # -- sampling ---------------------------------------------------------------------------
@@ -264,7 +267,7 @@ class GPTConfig(TransformerARMConfig):
     """teenyGPT's hyperparameters (Book §11.2.4), sized for text on a CPU: a categorical over
     the vocabulary with the output layer tied to the token embedding."""
 
-    width: int = 128
+    hidden: int = 128
     num_layers: int = 4
     num_heads: int = 4
     dropout: float = 0.1

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import ClassVar, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -313,14 +313,16 @@ class VQVAEConfig:
             encoder outputs of the current batch.
         dead_threshold: the dead-code threshold as a fraction of the uniform usage 1/K.
         usage_decay: rate of the running mean of code usage (about 1 / (1 - decay) batches).
-        prior_width: embedding width of the prior's transformer.
+        prior_hidden: embedding width of the prior's transformer.
         prior_layers: its blocks.
-        prior_heads: its attention heads; must divide ``prior_width``.
+        prior_heads: its attention heads; must divide ``prior_hidden``.
         prior_dropout: its dropout.
         init_from_data: set the decoder's output bias to the per-coordinate marginals and the
             codebook to k-means centres of the initial encoder outputs.
         kmeans_steps: Lloyd iterations of that codebook initialization.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"prior_width": "prior_hidden"}  # old key -> new key
 
     num_latents: int = 8
     codebook_size: int = 32
@@ -338,7 +340,7 @@ class VQVAEConfig:
     restart_dead: bool = True
     dead_threshold: float = 0.05
     usage_decay: float = 0.99
-    prior_width: int = 64
+    prior_hidden: int = 64
     prior_layers: int = 2
     prior_heads: int = 4
     prior_dropout: float = 0.1
@@ -346,7 +348,7 @@ class VQVAEConfig:
     kmeans_steps: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("num_latents", "codebook_size", "code_dim", "hidden", "prior_width",
+        for name in ("num_latents", "codebook_size", "code_dim", "hidden", "prior_hidden",
                      "prior_layers", "prior_heads", "num_components"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -354,10 +356,10 @@ class VQVAEConfig:
             raise ConfigError(f"model.codebook_size must be >= 2, got {self.codebook_size}")
         if self.num_hidden < 0 or self.kmeans_steps < 0:
             raise ConfigError("model.num_hidden and model.kmeans_steps must be >= 0")
-        if self.prior_width % self.prior_heads:
+        if self.prior_hidden % self.prior_heads:
             raise ConfigError(
                 f"model.prior_heads ({self.prior_heads}) must divide "
-                f"model.prior_width ({self.prior_width})"
+                f"model.prior_hidden ({self.prior_hidden})"
             )
         for name in ("dropout", "prior_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -443,7 +445,7 @@ class VQVAE(GenerativeModel):
         self.prior = CodePrior(
             config.num_latents,
             config.codebook_size,
-            width=config.prior_width,
+            width=config.prior_hidden,
             num_layers=config.prior_layers,
             num_heads=config.prior_heads,
             dropout=config.prior_dropout,
