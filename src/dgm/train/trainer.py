@@ -662,10 +662,12 @@ def _gradient_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if total_norm is None:
+    # One fused kernel per dtype and device; clip_grad_norm_ computes the same norms through it
+    # but then also rescales every gradient, which costs ~5% of a small model's step.
+    foreach_norm = getattr(torch, "_foreach_norm", None)
+    if foreach_norm is None:
         return torch.nn.utils.clip_grad_norm_(params, math.inf)
-    return total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.double() for n in foreach_norm(grads)]))
 
 
 def _progress(tc: Any, start: int, main: bool) -> Any:
