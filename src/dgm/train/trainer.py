@@ -367,10 +367,15 @@ class _Trainer:
             (self.run_dir / METRICS).write_text("".join(ln + "\n" for ln in kept))
 
     def _snapshot(self) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+        """The state the non-finite guard rolls back to, copied into the previous snapshot's
+        tensors where the shapes still match (no allocation per epoch)."""
+        old = getattr(self, "_good", None)
+        old_model, old_optim = (old[0], old[1]) if old is not None else (None, {})
         optimizers = {
-            name: copy.deepcopy(p.optimizer.state_dict()) for name, p in self.rule.players.items()
+            name: _copy_into(old_optim.get(name), p.optimizer.state_dict())
+            for name, p in self.rule.players.items()
         }
-        return copy.deepcopy(self.model.state_dict()), optimizers, self.rule.state()
+        return _copy_into(old_model, self.model.state_dict()), optimizers, self.rule.state()
 
     def _keep_best(self, epoch: int, val: float) -> None:
         """Hold the best weights (EMA weights when EMA is on) in memory until the next
@@ -653,6 +658,23 @@ class _Trainer:
         return (f"epoch {s.epoch}/{self.tc.epochs}: train {train}; val {val:.3f} "
                 f"({self.val_method}); best {s.best_val:.3f} at epoch {s.best_epoch}; "
                 f"{s.wall_s:.0f} s")
+
+
+def _copy_into(dst: Any, src: Any) -> Any:
+    """A deep copy of ``src`` (nested dicts, lists and tensors) that reuses ``dst``'s tensors
+    when ``dst`` has the same structure, shapes and dtypes."""
+    if isinstance(src, Tensor):
+        if isinstance(dst, Tensor) and dst.shape == src.shape and dst.dtype == src.dtype \
+                and dst.device == src.device:
+            return dst.copy_(src)
+        return src.detach().clone()
+    if isinstance(src, dict):
+        same = isinstance(dst, dict) and dst.keys() == src.keys()
+        return {k: _copy_into(dst[k] if same else None, v) for k, v in src.items()}
+    if isinstance(src, (list, tuple)):
+        same = isinstance(dst, type(src)) and len(dst) == len(src)
+        return type(src)(_copy_into(dst[i] if same else None, v) for i, v in enumerate(src))
+    return copy.deepcopy(src)
 
 
 def _gradient_norm(params: list[nn.Parameter], clip: float | None) -> Tensor:
