@@ -19,9 +19,10 @@ For the ARM, VAE and NSF digits presets (``configs/<model>_digits.yaml``), one t
 - within those epochs, the trainer's chores, each ``_Trainer`` method in ``PARTS`` wrapped to
   read the clock (nothing else): the validation pass (``_validate``: the monitor, or before the
   redesign ``per_example_nll``), so that "trainer excl. validation" = trainer epoch - its
-  validation pass, and the snapshot, checkpoint, best-weight, metrics and info writes. A best
-  weight file is written in every epoch that improves, which in these short runs is nearly
-  every epoch (in a long run with early stopping, a minority).
+  validation pass, and the snapshot, checkpoint, best-weight, metrics and info writes. Before the
+  redesign a best-weight file was written in every improving epoch (nearly every epoch of these
+  short runs) and a checkpoint after every epoch; after it, the best weights are kept in memory
+  and written with the checkpoint every ``train.checkpoint_every_s`` and after the last epoch.
 
 Each tree (``--before``: a commit checked out in a temporary git worktree, removed afterwards;
 ``--after``: this checkout or a commit) runs in its own subprocess with ``PYTHONPATH`` at its
