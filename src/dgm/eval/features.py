@@ -436,9 +436,8 @@ def cache_feature_net(net: FeatureNet, root: str | Path | None = None) -> Path:
     Returns:
         The path of the weights.
     """
-    folder = _cache_dir(root)
-    weights, checksum = folder / f"{net.dataset}.safetensors", folder / f"{net.dataset}.sha256"
-    tmp = folder / f"{net.dataset}.new.safetensors"
+    weights, checksum = _cache_paths(net.dataset, root)
+    tmp = weights.with_name(f"{net.dataset}.new.safetensors")
     digest = save_feature_net(net, tmp)
     # The checksum is written before the weights appear: an interrupted write leaves no
     # weights, so the next call trains again instead of finding weights it cannot verify.
@@ -447,10 +446,15 @@ def cache_feature_net(net: FeatureNet, root: str | Path | None = None) -> Path:
     return weights
 
 
+def _cache_paths(name: str, root: str | Path | None) -> tuple[Path, Path]:
+    """The cached weights of ``name``'s network and their checksum file."""
+    folder = _cache_dir(root)
+    return folder / f"{name}.safetensors", folder / f"{name}.sha256"
+
+
 def _cached(name: str, root: str | Path | None) -> FeatureNet:
     """Load ``<cache>/<name>.safetensors``, training and caching it first if absent."""
-    folder = _cache_dir(root)
-    weights, checksum = folder / f"{name}.safetensors", folder / f"{name}.sha256"
+    weights, checksum = _cache_paths(name, root)
     if not weights.is_file():
         net = train_feature_net(_training_data(name))
         cache_feature_net(net, root)
@@ -472,7 +476,7 @@ def feature_net_ready(name: str, *, root: str | Path | None = None) -> bool:
     base = _BASE.get(name)
     if base is None:
         return False
-    return base in SHIPPED_SHA256 or (_cache_dir(root) / f"{base}.safetensors").is_file()
+    return base in SHIPPED_SHA256 or _cache_paths(base, root)[0].is_file()
 
 
 def feature_net(name: str, *, root: str | Path | None = None) -> FeatureNet:

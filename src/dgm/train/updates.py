@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,8 @@ __all__ = [
     "EMUpdate",
     "TwoPlayerUpdate",
     "AuxiliaryUpdate",
+    "RULES",
+    "player_parameters",
     "make_update_rule",
 ]
 
@@ -75,15 +77,31 @@ class Steps(Protocol):
         ...
 
 
+def _trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def _require(model: GenerativeModel, capability: type, fit: Fit, methods: str) -> None:
+    if not isinstance(model, capability):
+        raise ConfigError(f"{type(model).__name__} declares {type(fit).__name__} but lacks {methods}")
+
+
 class UpdateRule:
-    """A strategy for one declared ``fit``; subclasses override :meth:`batch`."""
+    """A strategy for one declared ``fit``; subclasses override :meth:`groups` and
+    :meth:`batch`."""
 
     #: wrap the model in DistributedDataParallel (else gradients are averaged by hand)
     uses_ddp = False
 
-    def __init__(self, model: GenerativeModel, players: list[Player]) -> None:
+    def __init__(self, model: GenerativeModel, players: list[Player], fit: Fit) -> None:
         self.model = model
         self.players = {p.name: p for p in players}
+        self.fit = fit
+
+    @staticmethod
+    def groups(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
+        """The parameters each player's optimizer moves (checked by the caller)."""
+        return {MAIN: _trainable(list(model.parameters()))}
 
     def steps_per_batch(self, player: str) -> float:
         """Expected optimizer steps of ``player`` per batch (for learning-rate schedules)."""
@@ -119,47 +137,51 @@ class GradientUpdate(UpdateRule):
 class EMUpdate(UpdateRule):
     """E-steps over the epoch's batches, then a closed-form M-step (Book §2 / §5.2)."""
 
-    def __init__(self, model: GenerativeModel, players: list[Player]) -> None:
-        if not isinstance(model, ExpectationMaximization):
-            raise ConfigError(
-                f"{type(model).__name__} declares EMFit but lacks em_begin/em_accumulate/"
-                "em_statistics/em_maximize"
-            )
-        super().__init__(model, players)
-        self.em: Any = model
+    @staticmethod
+    def groups(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
+        _require(model, ExpectationMaximization, fit,
+                 "em_begin/em_accumulate/em_statistics/em_maximize")
+        return {}
 
     def begin_epoch(self) -> None:
-        self.em.em_begin()
+        cast(Any, self.model).em_begin()
 
     def batch(self, x: Tensor, y: Tensor | None, steps: Steps, forward: Callable) -> None:
         with torch.no_grad():
-            steps.record(MAIN, -self.em.em_accumulate(x))
+            steps.record(MAIN, -cast(Any, self.model).em_accumulate(x))
 
     def end_epoch(self) -> None:
+        em = cast(Any, self.model)
         with torch.no_grad():
-            for stat in self.em.em_statistics():
+            for stat in em.em_statistics():
                 dist.all_reduce_sum(stat)
-            self.em.em_maximize()
+            em.em_maximize()
 
 
 class TwoPlayerUpdate(UpdateRule):
     """A critic step on every batch, a generator step on every ``critic_steps``-th."""
 
-    def __init__(self, model: GenerativeModel, players: list[Player], fit: TwoPlayerFit) -> None:
-        super().__init__(model, players)
-        self.fit = fit
-        self.game: Any = model
+    fit: TwoPlayerFit
+
+    def __init__(self, model: GenerativeModel, players: list[Player], fit: Fit) -> None:
+        super().__init__(model, players, fit)
         self.critic_batches = 0  # batches since training began (checkpointed)
+
+    @staticmethod
+    def groups(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
+        _require(model, TwoPlayer, fit, "player_parameters/player_loss")
+        return {p: _trainable(cast(Any, model).player_parameters(p)) for p in fit.players}
 
     def steps_per_batch(self, player: str) -> float:
         return 1.0 if player == self.fit.critic else 1.0 / self.fit.critic_steps
 
     def batch(self, x: Tensor, y: Tensor | None, steps: Steps, forward: Callable) -> None:
+        game: Any = self.model
         critic, generator = self.fit.critic, self.fit.generator
-        steps.take(critic, lambda: self.game.player_loss(critic, x, y))
+        steps.take(critic, lambda: game.player_loss(critic, x, y))
         self.critic_batches += 1
         if self.critic_batches % self.fit.critic_steps == 0:
-            steps.take(generator, lambda: self.game.player_loss(generator, x, y))
+            steps.take(generator, lambda: game.player_loss(generator, x, y))
 
     def state(self) -> dict[str, Any]:
         return {"critic_batches": self.critic_batches}
@@ -171,42 +193,40 @@ class TwoPlayerUpdate(UpdateRule):
 class AuxiliaryUpdate(UpdateRule):
     """A main step on ``loss`` and an auxiliary step on the scalar ``auxiliary_loss``."""
 
-    def __init__(self, model: GenerativeModel, players: list[Player]) -> None:
-        super().__init__(model, players)
-        self.aux: Any = model
+    @staticmethod
+    def groups(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
+        _require(model, Auxiliary, fit, "auxiliary_parameters/auxiliary_loss")
+        aux = _trainable(cast(Any, model).auxiliary_parameters())
+        aux_ids = {id(p) for p in aux}
+        main = [p for p in _trainable(list(model.parameters())) if id(p) not in aux_ids]
+        return {MAIN: main, AUXILIARY: aux}
 
     def batch(self, x: Tensor, y: Tensor | None, steps: Steps, forward: Callable) -> None:
-        steps.take(MAIN, lambda: self.model.loss(x, y))
-        steps.take(AUXILIARY, lambda: self.aux.auxiliary_loss(), per_example=False)
+        aux: Any = self.model
+        steps.take(MAIN, lambda: aux.loss(x, y))
+        steps.take(AUXILIARY, lambda: aux.auxiliary_loss(), per_example=False)
 
 
-def _trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
-    return [p for p in params if p.requires_grad]
+#: the strategy that carries out each declaration
+RULES: dict[type[Fit], type[UpdateRule]] = {
+    GradientFit: GradientUpdate,
+    EMFit: EMUpdate,
+    TwoPlayerFit: TwoPlayerUpdate,
+    AuxiliaryFit: AuxiliaryUpdate,
+}
+
+
+def _rule(model: GenerativeModel, fit: Fit) -> type[UpdateRule]:
+    if type(fit) not in RULES:
+        raise ConfigError(f"{type(model).__name__} declares an unknown fit {fit!r}")
+    return RULES[type(fit)]
 
 
 def player_parameters(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
     """The parameters each player's optimizer moves; checks that they are disjoint and that
     the model has the capability its ``fit`` needs."""
-    everything = _trainable(list(model.parameters()))
+    groups = _rule(model, fit).groups(model, fit)
     name = type(model).__name__
-    if isinstance(fit, GradientFit):
-        groups = {MAIN: everything}
-    elif isinstance(fit, EMFit):
-        return {}
-    elif isinstance(fit, TwoPlayerFit):
-        if not isinstance(model, TwoPlayer):
-            raise ConfigError(f"{name} declares TwoPlayerFit but lacks player_parameters/player_loss")
-        groups = {p: _trainable(model.player_parameters(p)) for p in fit.players}
-    elif isinstance(fit, AuxiliaryFit):
-        if not isinstance(model, Auxiliary):
-            raise ConfigError(
-                f"{name} declares AuxiliaryFit but lacks auxiliary_parameters/auxiliary_loss"
-            )
-        aux = _trainable(model.auxiliary_parameters())
-        aux_ids = {id(p) for p in aux}
-        groups = {MAIN: [p for p in everything if id(p) not in aux_ids], AUXILIARY: aux}
-    else:
-        raise ConfigError(f"{name} declares an unknown fit {fit!r}")
     seen: set[int] = set()
     for player, params in groups.items():
         if not params:
@@ -225,13 +245,7 @@ def make_update_rule(
     fit = model.fit
     groups = player_parameters(model, fit)
     players = [Player(name, params, make_optimizer(name, params)) for name, params in groups.items()]
-    if isinstance(fit, GradientFit):
-        return GradientUpdate(model, players)
-    if isinstance(fit, EMFit):
-        return EMUpdate(model, players)
-    if isinstance(fit, TwoPlayerFit):
-        return TwoPlayerUpdate(model, players, fit)
-    return AuxiliaryUpdate(model, players)
+    return _rule(model, fit)(model, players, fit)
 
 
 def average_gradients(params: list[nn.Parameter], world: int) -> None:
