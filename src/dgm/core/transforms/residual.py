@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.errors import ConfigError, DataError
+from dgm.core.estimators import jacobian, probe
 from dgm.core.transforms.base import Transform, check_flat
 
 __all__ = [
@@ -551,11 +552,6 @@ class ResidualBlock(Transform):
             return "exact" if self.dim <= self.exact_max_dim else self.logdet
         return self.eval_logdet
 
-    def _probe(self, like: Tensor) -> Tensor:
-        if self.probe == "gaussian":
-            return torch.randn_like(like)
-        return torch.randint_like(like, 0, 2) * 2 - 1
-
     def _term_weights(self, method: str) -> list[float]:
         """(-1)^{k+1} / k, divided by P(N ≥ k) for the roulette, for k = 1..N."""
         if method == "series":
@@ -571,22 +567,14 @@ class ResidualBlock(Transform):
     def _logabsdet(self, x: Tensor, gx: Tensor, method: str, create_graph: bool) -> Tensor:
         """log |det(I + J_g(x))| by ``method``; x must be in gx's graph."""
         if method == "exact":
-            n, d = x.shape
+            d = x.shape[1]
+            jac = jacobian(gx, x, create_graph=create_graph, block=d)  # (N, D, D)
             eye = torch.eye(d, dtype=x.dtype, device=x.device)
-            (rows,) = torch.autograd.grad(
-                gx,
-                x,
-                eye.unsqueeze(1).expand(d, n, d),
-                retain_graph=True,
-                create_graph=create_graph,
-                is_grads_batched=True,
-            )
-            jac = rows.transpose(0, 1)  # (N, D, D), jac[n, i, j] = ∂g_i/∂x_j
             return torch.linalg.slogdet(eye + jac)[1]
         weights = self._term_weights(method)
         total = x.new_zeros(x.shape[0])
         for _ in range(self.n_probes):
-            v = self._probe(x)
+            v = probe(x, self.probe)
             w = v
             for weight in weights:
                 # w ← wᵀ J_g, so after k steps w·v = vᵀ J_g^k v.
