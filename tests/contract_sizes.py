@@ -30,6 +30,8 @@ CAPS: dict[str, int] = {
     "context_dim": 4,
     "dequant_hidden": 8,
     "prior_hidden": 8,
+    "base": 8,  # a U-Net's width
+    "time_dim": 8,
     # depths and counts
     "num_hidden": 1,
     "num_layers": 2,

@@ -181,3 +181,21 @@ def test_written_out_sde_equals_the_general_formula(name: str) -> None:
     f_gen, g2_gen = NoiseSchedule.sde(schedule, t)
     torch.testing.assert_close(f, f_gen)
     torch.testing.assert_close(g2, g2_gen)
+
+
+@pytest.mark.parametrize("schedule", _all(), ids=list(SCHEDULES))
+def test_log_snr_derivative_and_inverse(schedule) -> None:
+    from dgm.core.schedules import NoiseSchedule
+
+    schedule = schedule.double()
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    lam = schedule.log_snr(t)
+    torch.testing.assert_close(schedule.time_at_log_snr(lam), t, rtol=1e-6, atol=1e-7)
+    h = 1e-6
+    fd = (schedule.log_snr(t + h) - schedule.log_snr(t - h)) / (2 * h)
+    torch.testing.assert_close(schedule.d_log_snr(t).detach(), fd.detach(), rtol=1e-4, atol=1e-5)
+    # written-out forms agree with the generic ones
+    torch.testing.assert_close(schedule.d_log_snr(t).detach(),
+                               NoiseSchedule.d_log_snr(schedule, t).detach())
+    for mine, generic in zip(schedule.derivatives(t), NoiseSchedule.derivatives(schedule, t)):
+        torch.testing.assert_close(mine.detach(), generic.detach())

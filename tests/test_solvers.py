@@ -54,6 +54,15 @@ def test_adaptive_solver_stops_instead_of_hanging() -> None:
                   max_steps=20)
 
 
+def test_adaptive_solver_names_a_step_underflow() -> None:
+    # a field too noisy for the tolerance in float32: a SolverError, not torchdiffeq's assert
+    gen = torch.Generator().manual_seed(0)
+    noisy = lambda t, x: torch.randn(x.shape, generator=gen) * 1e3  # noqa: E731
+    with pytest.raises(SolverError, match="dopri5 (shrank its step|needed more than)"):
+        solve_ode(noisy, torch.ones(4), 0.0, 1.0, solver="dopri5", rtol=1e-9, atol=1e-9,
+                  max_steps=3000)
+
+
 def test_tuple_states_and_unknown_solver() -> None:
     sol = solve_ode(lambda t, s: (s[1], -s[0]), (torch.ones(1), torch.zeros(1)), 0.0,
                     math.pi / 2, solver="rk4", steps=50)
@@ -188,3 +197,4 @@ def test_ode_likelihood_trains_through_a_fixed_step_solver() -> None:
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert (res.kinetic > 0).all() and (res.jacobian_norm > 0).all()
+

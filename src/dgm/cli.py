@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -467,6 +468,9 @@ def _sample_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         wanted["top_p"] = sampling.top_p
     if args.no_cache:
         wanted["use_cache"] = False
+    for name in ("steps", "solver", "eta", "guidance"):
+        if getattr(args, name, None) is not None:
+            wanted[name] = getattr(args, name)
     for name in wanted:
         if name not in accepted:
             flag = "--no-cache" if name == "use_cache" else "--" + name.replace("_", "-")
@@ -513,13 +517,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     assert out is not None
     wanted = _sample_options(args, model)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    start = time.perf_counter()
     x = model.sample(args.n, generator=gen, **wanted).cpu()
+    seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.numpy())
     else:
         out.write_bytes(samples_png(x, model.spec))
-    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out}")
+    cost = f"{seconds:.2f} s"
+    nfe = getattr(model, "last_sample_nfe", None)
+    if nfe:
+        cost += f", {nfe} network evaluations"
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out} ({cost})")
     return 0
 
 
@@ -668,6 +678,14 @@ def _add_sample(sub: Any) -> None:
     s.add_argument("--max-new-tokens", type=_at_least(1),
                    help="tokens to generate (default: the block)")
     _sampling_arguments(s)
+    g = s.add_argument_group("diffusion, score and flow models")
+    g.add_argument("--steps", type=_at_least(1),
+                   help="sampler steps (default: the model's; ancestral/DDIM: a sub-grid of T)")
+    g.add_argument("--solver", help="ancestral, ddim, euler_maruyama, pc, langevin, or an ODE "
+                   "solver: euler, heun, rk4, dopri5, bosh3, adaptive_heun")
+    g.add_argument("--eta", type=float, help="DDIM's eta (0 deterministic, 1 ancestral)")
+    g.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale of a conditional model (1: none)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     _threads_argument(s)

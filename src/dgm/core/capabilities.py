@@ -110,10 +110,15 @@ class BoundedLikelihood(Protocol):
 
 @dataclass(frozen=True)
 class LikelihoodEstimate:
-    """An estimate of log p(x) per example with the standard error of that estimate, (N,) each."""
+    """An estimate of log p(x) per example with the standard error of that estimate, (N,) each,
+    and a note on how it was made (solver, tolerance, function evaluations, probes), which the
+    evaluator adds to the number's label; ``nfe`` is the mean number of function evaluations
+    per ODE solve (0 where there is no solver)."""
 
     log_prob: Tensor
     stderr: Tensor
+    note: str = ""
+    nfe: float = 0.0
 
 
 @runtime_checkable

@@ -85,8 +85,12 @@ def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
 
 
 def log_min_exp(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
-    r"""log(exp(a) - exp(b)) for a >= b, computed as a + log(-expm1(b - a))."""
-    return a + torch.log(-torch.expm1(b - a).clamp(max=-eps))
+    r"""log(exp(a) - exp(b)) for a >= b, computed as a + log(-expm1(b - a)).
+
+    b - a is clamped to at most -eps *before* the exponential, so that where this is evaluated
+    for a < b (the unused side of a ``torch.where``) neither the value nor its gradient is
+    infinite (an infinite gradient times the zero of the unused side would be NaN)."""
+    return a + torch.log(-torch.expm1((b - a).clamp(max=-eps)))
 
 
 def log_discretized_logistic(

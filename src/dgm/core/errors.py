@@ -7,7 +7,9 @@ without a traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["DgmError", "ConfigError", "DataError", "CheckpointError", "TrainingError"]
+__all__ = [
+    "DgmError", "ConfigError", "DataError", "CheckpointError", "TrainingError", "SamplingError",
+]
 
 
 class DgmError(Exception):
@@ -28,3 +30,7 @@ class CheckpointError(DgmError):
 
 class TrainingError(DgmError):
     """Training cannot go on (for example, the loss stays non-finite after every rollback)."""
+
+
+class SamplingError(DgmError):
+    """A sampler or solver that diverged (non-finite values) or could not reach its end."""

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ __all__ = [
     "linear_betas",
     "cosine_alpha_bars",
     "broadcast_time",
+    "scale_gradient",
 ]
 
 
@@ -104,7 +106,7 @@ class NoiseSchedule(nn.Module):
 
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(dα_t/dt, dσ_t/dt), by forward-mode differentiation of :meth:`alpha_sigma`."""
-        t = t.detach()
+        t = t.detach().clone()  # forward-mode AD needs memory of its own (no expanded view)
         _, (d_alpha, d_sigma) = torch.func.jvp(self.alpha_sigma, (t,), (torch.ones_like(t),))
         return d_alpha, d_sigma
 
@@ -112,6 +114,31 @@ class NoiseSchedule(nn.Module):
         """log SNR(t) = log(α_t² / σ_t²), decreasing in t."""
         alpha, sigma = self.alpha_sigma(t)
         return 2 * (torch.log(alpha) - torch.log(sigma))
+
+    def d_log_snr(self, t: Tensor) -> Tensor:
+        """dλ/dt of λ(t) = log SNR(t) (negative)."""
+        t = t.detach().clone()
+        _, d = torch.func.jvp(self.log_snr, (t,), (torch.ones_like(t),))
+        return d
+
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        """The t in [0, 1] with log SNR(t) = λ (log SNR decreases in t), by bisection in
+        float64 (60 halvings); λ outside the schedule's range gives the end it is beyond."""
+        lam64 = lam.detach().to(torch.float64)
+        lo = torch.zeros_like(lam64)
+        hi = torch.ones_like(lam64)
+        with torch.no_grad():
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                above = self.log_snr(mid.to(self._dtype())).to(torch.float64) > lam64
+                lo = torch.where(above, mid, lo)
+                hi = torch.where(above, hi, mid)
+        return ((lo + hi) / 2).to(lam.dtype)
+
+    def _dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.float64
 
     def sde(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(f(t), g²(t)) of the SDE dz = f z dt + g dw whose marginals are this path:
@@ -165,6 +192,23 @@ class VPLinear(NoiseSchedule):
         beta = self.beta(t)
         return -0.5 * beta, beta
 
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """α' = -½ β α, σ' = ½ β α² / σ."""
+        alpha, sigma = self.alpha_sigma(t)
+        beta = self.beta(t)
+        return -0.5 * beta * alpha, 0.5 * beta * alpha**2 / sigma
+
+    def d_log_snr(self, t: Tensor) -> Tensor:
+        """λ' = -β / σ²."""
+        return -self.beta(t) / -torch.expm1(-self.integral(t))
+
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        """B = log(1 + e^{-λ}), then the root of β_min t + ½ (β_max - β_min) t² = B."""
+        b = F.softplus(-lam.to(torch.float64))
+        a = self.beta_max - self.beta_min
+        t = (torch.sqrt(self.beta_min**2 + 2 * a * b) - self.beta_min) / a
+        return t.clamp(0, 1).to(lam.dtype)
+
     def log_snr(self, t: Tensor) -> Tensor:
         return -torch.log(torch.expm1(self.integral(t)))
 
@@ -187,6 +231,20 @@ class SubVP(VPLinear):
         """f = -β(t)/2, g² = β(t)(1 - e^{-2B(t)})."""
         beta = self.beta(t)
         return -0.5 * beta, -beta * torch.expm1(-2 * self.integral(t))
+
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """α' = -½ β α, σ' = β α²."""
+        alpha, _ = self.alpha_sigma(t)
+        beta = self.beta(t)
+        return -0.5 * beta * alpha, beta * alpha**2
+
+    def d_log_snr(self, t: Tensor) -> Tensor:
+        """λ' = -β (1 + 2 α²/σ)."""
+        alpha, sigma = self.alpha_sigma(t)
+        return -self.beta(t) * (1 + 2 * alpha**2 / sigma)
+
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        return NoiseSchedule.time_at_log_snr(self, lam)
 
 
 class VPCosine(NoiseSchedule):
@@ -236,6 +294,20 @@ class VEGeometric(NoiseSchedule):
         """f = 0, g² = dσ²/dt = 2 σ_t² ln(σ_max/σ_min)."""
         _, sigma = self.alpha_sigma(t)
         return torch.zeros_like(t), 2 * sigma**2 * math.log(self.sigma_max / self.sigma_min)
+
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """α' = 0, σ' = σ ln(σ_max/σ_min)."""
+        _, sigma = self.alpha_sigma(t)
+        return torch.zeros_like(t), sigma * math.log(self.sigma_max / self.sigma_min)
+
+    def d_log_snr(self, t: Tensor) -> Tensor:
+        """λ = -2 log σ_t, λ' = -2 ln(σ_max/σ_min)."""
+        return torch.full_like(t, -2 * math.log(self.sigma_max / self.sigma_min))
+
+    def time_at_log_snr(self, lam: Tensor) -> Tensor:
+        log_sigma = -0.5 * lam.to(torch.float64)
+        t = (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(0, 1).to(lam.dtype)
 
 
 class VEBook(NoiseSchedule):
@@ -320,10 +392,17 @@ class LearnedSchedule(NoiseSchedule):
         h = self.l1(t.reshape(-1, 1).to(self.l1.weight.dtype))
         return (h + self.l3(torch.sigmoid(self.l2(h)))).reshape(t.shape)
 
+    def shape(self, t: Tensor) -> Tensor:
+        """The normalized shape (l(t) - l(0)) / (l(1) - l(0)), increasing from 0 to 1."""
+        ends = self._l(torch.tensor([0.0, 1.0], device=t.device))
+        return (self._l(t) - ends[0]) / (ends[1] - ends[0])
+
     def gamma(self, t: Tensor) -> Tensor:
         """γ(t) = -log SNR(t), increasing from γ_0 to γ_1."""
-        ends = self._l(torch.tensor([0.0, 1.0], device=t.device))
-        frac = (self._l(t) - ends[0]) / (ends[1] - ends[0])
+        return self.from_shape(self.shape(t))
+
+    def from_shape(self, frac: Tensor) -> Tensor:
+        """γ = γ_0 + (γ_1 - γ_0) · frac."""
         return self.gamma_0 + (self.gamma_1 - self.gamma_0) * frac
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -332,6 +411,27 @@ class LearnedSchedule(NoiseSchedule):
 
     def log_snr(self, t: Tensor) -> Tensor:
         return -self.gamma(t)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a per-example factor read at
+    backward time (filled in after the loss is known)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, holder: list[Tensor]) -> Tensor:  # type: ignore[override]
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.holder[0].reshape(grad.shape), None
+
+
+def scale_gradient(x: Tensor, holder: list[Tensor]) -> Tensor:
+    """x, whose gradient is multiplied elementwise by ``holder[0]`` on the way back; the caller
+    puts the factor in ``holder`` before calling ``backward`` (VDM's variance-minimizing
+    gradient for the schedule's shape: 2 L_i ∇L_i = ∇ L_i²)."""
+    return _ScaleGradient.apply(x, holder)
 
 
 SCHEDULES: dict[str, type[NoiseSchedule]] = {

@@ -26,7 +26,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from dgm.core.errors import ConfigError
+from dgm.core.errors import ConfigError, SamplingError
 
 __all__ = [
     "State",
@@ -50,8 +50,9 @@ SOLVERS = FIXED_SOLVERS + ADAPTIVE_SOLVERS
 _STAGES = {"euler": 1, "heun": 2, "rk4": 4}
 
 
-class SolverError(RuntimeError):
-    """An adaptive solver that needed more steps than allowed (a stiff or diverging field)."""
+class SolverError(SamplingError):
+    """An adaptive solver that needed more steps than allowed (a stiff or diverging field) or
+    whose step fell below the resolution of t."""
 
 
 @dataclass(frozen=True)
@@ -146,15 +147,21 @@ def solve_ode(
 
         ts = torch.tensor([t0, t1], device=ref.device, dtype=ref.dtype)
         try:
+            # step_t: land a step exactly on t1, so that no stage is evaluated beyond it
+            # (torchdiffeq otherwise steps past the end and interpolates back)
             traj = odeint(counted, x, ts, rtol=rtol, atol=atol, method=solver,
-                          options={"max_num_steps": max_steps})
+                          options={"max_num_steps": max_steps, "step_t": ts[1:]})
         except AssertionError as err:
-            if "max_num_steps" not in str(err):
+            if "max_num_steps" in str(err):
+                what = f"needed more than {max_steps} steps"
+            elif "underflow in dt" in str(err):
+                what = f"shrank its step below the {ref.dtype} resolution of t"
+            else:
                 raise
             raise SolverError(
-                f"{solver} needed more than {max_steps} steps at rtol={rtol}, atol={atol} "
-                f"({nfe} evaluations): the field is stiff or diverging; loosen the tolerances, "
-                "raise max_steps, or use a fixed-step solver"
+                f"{solver} {what} at rtol={rtol}, atol={atol} ({nfe} evaluations): the field "
+                "is stiff, diverging or too noisy for the tolerances; loosen them, raise "
+                "max_steps, use float64, or use a fixed-step solver"
             ) from None
         out = tuple(s[-1] for s in traj)
     return Solution(out[0] if single else out, nfe)

@@ -88,6 +88,7 @@ class Evaluation:
     perplexity: float | None = None  # token data: exp(nats per scored token)
     bits_per_char: float | None = None  # token data whose split counts characters
     estimator_stderr_nats: float | None = None
+    nfe: float | None = None  # ODE likelihoods: mean function evaluations per solve
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,8 @@ class Evaluation:
         se = f"± {self.stderr_nats:.3f}"
         if self.estimator_stderr_nats is not None:
             se += f" (estimator ± {self.estimator_stderr_nats:.3f})"
+        if self.nfe:
+            se += f", {self.nfe:.0f} NFE"
         return (
             f"{self.split}: {self.nll_nats:.3f} {se} nats/example, {bpd} "
             f"[{self.label}; n={self.n}, median {self.median_nats:.3f}]"
@@ -114,6 +117,8 @@ class Scores:
 
     nll: Tensor
     stderr: Tensor | None = None
+    note: str = ""
+    nfe: float = 0.0
 
 
 BatchScorer = Callable[[Any, Tensor, "Tensor | None", int, int, torch.Generator], Scores]
@@ -281,7 +286,7 @@ def _bound_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
 def _estimate_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
                      generator: torch.Generator) -> Scores:
     est = model.log_prob_estimate(x, y, generator=generator)
-    return Scores(-est.log_prob.double(), est.stderr.double())
+    return Scores(-est.log_prob.double(), est.stderr.double(), est.note, est.nfe)
 
 
 def _draws(k: int) -> str:
@@ -342,7 +347,8 @@ def per_example_scores(
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    nll, stderr = [], []
+    nll, stderr, notes = [], [], []
+    nfe = 0.0
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -355,9 +361,14 @@ def per_example_scores(
                 nll.append(scores.nll.cpu())
                 if scores.stderr is not None:
                     stderr.append(scores.stderr.cpu())
+                if scores.note and scores.note not in notes:
+                    notes.append(scores.note)
+                nfe += scores.nfe * x.shape[0]
     finally:
         model.train(was_training)
-    return Scores(torch.cat(nll), torch.cat(stderr) if stderr else None)
+    total = torch.cat(nll)
+    return Scores(total, torch.cat(stderr) if stderr else None, "; ".join(notes),
+                  nfe / max(1, len(total)))
 
 
 def per_example_nll(
@@ -400,7 +411,9 @@ def evaluate(
     dequant = model.dequantization if spec.kind.is_discrete else None
     kind = CONTINUOUS_KIND[m.kind] if continuous else m.kind
     label = m.label(model, k)
-    if dequant:
+    if scores.note:
+        label += f"; {scores.note}"
+    if dequant and "dequantization" not in label:
         label += f"; {dequant} dequantization"
     mean = float(nll.mean())
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
@@ -432,4 +445,5 @@ def evaluate(
         perplexity=perplexity,
         bits_per_char=bits_per_char,
         estimator_stderr_nats=estimator_se,
+        nfe=scores.nfe or None,
     )

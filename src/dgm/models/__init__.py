@@ -5,8 +5,10 @@
 - :mod:`~dgm.models.flows`: every normalizing flow and integer discrete flows (ch. 4).
 - :mod:`~dgm.models.latent`: pPCA, VAEs with their priors and posteriors, hierarchical VAEs,
   VQ-VAE (ch. 5).
+- :mod:`~dgm.models.diffusion`: diffusion models, score models, continuous normalizing flows
+  and flow matching (§5.5.3, ch. 9).
 """
 
-from dgm.models import autoregressive, flows, latent, mixtures  # noqa: F401
+from dgm.models import autoregressive, diffusion, flows, latent, mixtures  # noqa: F401
 
-__all__ = ["autoregressive", "flows", "latent", "mixtures"]
+__all__ = ["autoregressive", "diffusion", "flows", "latent", "mixtures"]

@@ -1,0 +1,402 @@
+r"""What every diffusion, score, flow-matching and continuous-flow model shares.
+
+**The model space.** The networks work on real tensors of the data's event shape:
+
+- discrete data with L levels: level k sits at the centre of the k-th of L equal bins of
+  [-1, 1], c_k = (2k + 1)/L - 1, and dequantized points fill the bin:
+  y = 2(x + u)/L - 1, u ~ U[0, 1)^D, a map with log-Jacobian D log(2/L);
+- continuous data: y = (x - m)/s with the training split's per-coordinate mean and standard
+  deviation (fixed at ``initialize_from_data``; its log-Jacobian -Σ log s is counted).
+
+Samples go back with :meth:`ContinuousTimeModel.to_data` (the bin a point falls in; the
+inverse standardization).
+
+**Likelihoods in the data's own space.** A density p_Y on the model space scores discrete data
+through the dequantization bound (Theis et al. 2016; :mod:`dgm.core.dequantize`)
+
+    log P(x) >= E_u[log p_Y(2(x + u)/L - 1)] + D log(2/L),
+
+and an ODE model's log p_Y comes from :func:`~dgm.core.ode_likelihood.ode_log_likelihood`.
+Diffusion bounds end in a decoder that is itself a pmf over the L levels
+(:func:`discretized_gaussian_log_prob`), so their bound needs no dequantization.
+
+**The network and guidance.** :func:`build_network` picks the U-Net for square images and the
+residual MLP otherwise. A class-conditional model is trained with labels dropped to the null
+class with probability ``label_dropout``, so one network gives both the conditional and the
+unconditional prediction, mixed at sampling time by classifier-free guidance (Ho & Salimans
+2022; :func:`~dgm.core.denoisers.classifier_free_guidance`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from dgm.core.base import GenerativeModel
+from dgm.core.capabilities import LikelihoodEstimate
+from dgm.core.denoisers import TimeMLP, UNet, classifier_free_guidance, drop_labels
+from dgm.core.distributions import log_min_exp
+from dgm.core.errors import ConfigError, DataError, SamplingError
+from dgm.core.ode_likelihood import DIVERGENCES, ode_log_likelihood
+from dgm.core.schedules import NoiseSchedule
+from dgm.core.solvers import ADAPTIVE_SOLVERS, SOLVERS
+from dgm.core.spec import DataKind, DataSpec
+
+__all__ = [
+    "NetworkConfig",
+    "OdeEvalConfig",
+    "ContinuousTimeModel",
+    "build_network",
+    "discretized_gaussian_log_prob",
+    "gaussian_kl",
+    "standard_normal_log_prob",
+    "check_sample_steps",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """The denoising network and its conditioning, shared by every continuous-time model.
+
+    Args:
+        network: ``"auto"`` (the U-Net for square images, the MLP otherwise), ``"mlp"`` or
+            ``"unet"``.
+        hidden, num_hidden: width and residual blocks of the MLP.
+        time_dim: width of the sinusoidal time features.
+        base, mults, num_res_blocks, attention_at: the U-Net's width, width multipliers per
+            level, residual blocks per level and the resolutions with self-attention.
+        dropout: dropout inside the network's blocks.
+        fourier_features: append VDM's input Fourier features sin/cos(2^n π y), n = 7, 8.
+        conditional: condition on the class label (the data must have labels).
+        label_dropout: probability of training a conditional model with the null label, so
+            that it can be sampled with classifier-free guidance.
+        seed: seed of the network's initialization.
+    """
+
+    network: Literal["auto", "mlp", "unet"] = "auto"
+    hidden: int = 512
+    num_hidden: int = 3
+    time_dim: int = 128
+    base: int = 32
+    mults: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_at: tuple[int, ...] = ()
+    dropout: float = 0.0
+    fourier_features: bool = False
+    conditional: bool = False
+    label_dropout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.network not in ("auto", "mlp", "unet"):
+            raise ConfigError(f"model.network must be auto, mlp or unet, got {self.network!r}")
+        if self.hidden < 1 or self.num_hidden < 0 or self.base < 1 or not self.mults:
+            raise ConfigError("model.hidden, model.base >= 1, model.num_hidden >= 0, "
+                              "model.mults not empty")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OdeEvalConfig:
+    """How an ODE likelihood is computed for evaluation.
+
+    Args:
+        eval_solver: an ODE solver (:data:`~dgm.core.solvers.SOLVERS`); adaptive ones use
+            ``eval_rtol``/``eval_atol``, fixed-step ones ``eval_steps``.
+        eval_divergence: ``"exact"`` (D vector-Jacobian products per evaluation) or
+            ``"hutchinson"`` (``eval_probes`` Rademacher probes, with a standard error).
+        eval_draws: dequantization draws per example (discrete data); more than one gives a
+            standard error of the dequantization noise too.
+        eval_chunk: examples per ODE solve (bounds the memory).
+        eval_step_limit: an adaptive solver's cap on steps before it stops with an error.
+    """
+
+    eval_solver: str = "dopri5"
+    eval_rtol: float = 1e-5
+    eval_atol: float = 1e-5
+    eval_steps: int = 100
+    eval_divergence: Literal["exact", "hutchinson"] = "exact"
+    eval_probes: int = 4
+    eval_draws: int = 1
+    eval_chunk: int = 128
+    eval_step_limit: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.eval_solver not in SOLVERS:
+            raise ConfigError(f"model.eval_solver must be one of {', '.join(SOLVERS)}, "
+                              f"got {self.eval_solver!r}")
+        if self.eval_divergence not in DIVERGENCES:
+            raise ConfigError(f"model.eval_divergence must be one of {DIVERGENCES}")
+        if min(self.eval_steps, self.eval_probes, self.eval_draws, self.eval_chunk,
+               self.eval_step_limit) < 1 or self.eval_rtol <= 0 or self.eval_atol <= 0:
+            raise ConfigError("the eval_* counts must be >= 1 and the tolerances > 0")
+
+    def describe(self) -> str:
+        """The solver and trace, in words, for the label of an ODE likelihood."""
+        if self.eval_solver in ADAPTIVE_SOLVERS:
+            solver = f"{self.eval_solver} rtol={self.eval_rtol:g} atol={self.eval_atol:g}"
+        else:
+            solver = f"{self.eval_solver}, {self.eval_steps} steps"
+        trace = ("exact trace" if self.eval_divergence == "exact"
+                 else f"Hutchinson trace ({self.eval_probes} Rademacher probes)")
+        return f"ODE likelihood: {solver}, {trace}"
+
+
+def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) -> nn.Module:
+    """The denoiser ``net(z, t, y)`` for data of ``spec``: a U-Net for square images
+    (C, H, W), the residual MLP for anything else (flattened)."""
+    shape = spec.event_shape
+    image = len(shape) == 3 and shape[1] == shape[2]
+    choice = config.network
+    if choice == "auto":
+        choice = "unet" if image else "mlp"
+    if choice == "unet" and not image:
+        raise ConfigError(f"model.network unet needs square images (C, H, W), got {shape}")
+    num_classes = int(spec.num_classes or 0) if config.conditional else 0
+    exponents = (7, 8) if config.fourier_features else ()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if choice == "unet":
+            return UNet(shape[0], shape[1], base=config.base, mults=config.mults,
+                        num_res_blocks=config.num_res_blocks, time_dim=config.time_dim,
+                        num_classes=num_classes, dropout=config.dropout,
+                        attention_at=config.attention_at, fourier_exponents=exponents,
+                        outputs=outputs)
+        return TimeMLP(spec.dim, hidden=config.hidden, num_hidden=config.num_hidden,
+                       time_dim=config.time_dim, num_classes=num_classes,
+                       fourier_exponents=exponents, dropout=config.dropout, outputs=outputs)
+
+
+def standard_normal_log_prob(z: Tensor, var: float = 1.0) -> Tensor:
+    """log N(z | 0, var I) summed over all but the first axis, (N,)."""
+    d = z[0].numel()
+    sq = z.reshape(z.shape[0], -1).pow(2).sum(1)
+    return -0.5 * (sq / var + d * math.log(2 * math.pi * var))
+
+
+def gaussian_kl(mean_q: Tensor, log_var_q: Tensor | float, mean_p: Tensor,
+                log_var_p: Tensor | float) -> Tensor:
+    """KL(N(mean_q, e^{log_var_q}) || N(mean_p, e^{log_var_p})) elementwise (same shape)."""
+    lq = torch.as_tensor(log_var_q, dtype=mean_q.dtype, device=mean_q.device)
+    lp = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
+    return 0.5 * (lp - lq + torch.exp(lq - lp) + (mean_q - mean_p) ** 2 * torch.exp(-lp) - 1)
+
+
+def discretized_gaussian_log_prob(levels: Tensor, mean: Tensor, log_scale: Tensor,
+                                  num_levels: int) -> Tensor:
+    r"""log P(x = k) of a Gaussian N(mean, e^{2 log_scale}) on [-1, 1] discretized into the L
+    bins of the model space: the mass of [c_k - 1/L, c_k + 1/L], the outer bins extended to
+    ±∞ (Ho et al. 2020, Eq. 13), elementwise; ``levels`` are the integers k.
+
+    A pmf over the L levels for every mean and scale, so a bound that ends in it bounds the
+    NLL of the discrete data.
+    """
+    k = levels.to(mean.dtype)
+    centre = (2 * k + 1) / num_levels - 1
+    inv = torch.exp(-log_scale)
+    upper = (centre + 1 / num_levels - mean) * inv
+    lower = (centre - 1 / num_levels - mean) * inv
+    log_cdf_upper = torch.special.log_ndtr(upper)
+    log_sf_lower = torch.special.log_ndtr(-lower)
+    # log(Φ(upper) - Φ(lower)), from the tail on the bin's far side from the mean (stable)
+    above = log_min_exp(log_sf_lower, torch.special.log_ndtr(-upper))
+    below = log_min_exp(log_cdf_upper, torch.special.log_ndtr(lower))
+    middle = torch.where(lower > 0, above, below)
+    return torch.where(levels <= 0, log_cdf_upper,
+                       torch.where(levels >= num_levels - 1, log_sf_lower, middle))
+
+
+class ContinuousTimeModel(GenerativeModel):
+    """The shared machinery of the continuous-time families: the model space, the network,
+    labels and guidance, dequantization and the ODE likelihood (see the module docstring).
+
+    Subclasses build ``self.net`` with :func:`build_network` (or their own), set
+    ``self.num_classes`` from :meth:`_init_labels`, and implement ``loss`` and ``sample``.
+    """
+
+    data_kinds = frozenset({DataKind.CONTINUOUS, DataKind.DISCRETE, DataKind.BINARY})
+
+    def __init__(self, spec: DataSpec, network: NetworkConfig) -> None:
+        super().__init__(spec)
+        self.network_config = network
+        self.discrete = spec.kind.is_discrete
+        self.num_levels = int(spec.num_levels) if self.discrete else 0
+        if network.conditional and not spec.num_classes:
+            raise ConfigError("model.conditional needs labelled data (spec.num_classes)")
+        self.num_classes = int(spec.num_classes or 0) if network.conditional else 0
+        self.register_buffer("loc", torch.zeros(spec.event_shape))
+        self.register_buffer("scale", torch.ones(spec.event_shape))
+        #: network evaluations of the last ``sample`` call (its cost beside its quality)
+        self.last_sample_nfe = 0
+
+    # --- the model space ----------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.loc.dtype
+
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Discrete levels to their bin centres in [-1, 1]; continuous data standardized."""
+        if self.discrete:
+            return (2 * x.to(self.dtype) + 1) / self.num_levels - 1
+        return (x.to(self.dtype) - self.loc) / self.scale
+
+    def dequantize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """y = 2(x + u)/L - 1 with u ~ U[0, 1) (discrete data); continuous data standardized."""
+        if not self.discrete:
+            return self.to_model_space(x)
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=self.dtype)
+        return 2 * (x.to(self.dtype) + u) / self.num_levels - 1
+
+    def log_jacobian(self) -> float:
+        """log |dy/dx| of the map to the model space: D log(2/L), or -Σ log s."""
+        if self.discrete:
+            return self.spec.dim * math.log(2 / self.num_levels)
+        return -float(torch.log(self.scale).sum())
+
+    def to_data(self, y: Tensor) -> Tensor:
+        """Model-space points back to the data: the level whose bin holds y, or y·s + m.
+        Non-finite points (a diverged sampler) are one clear error, not garbage integers."""
+        if not bool(torch.isfinite(y).all()):
+            raise SamplingError(
+                f"{type(self).__name__}'s sampler produced non-finite values; try more steps, "
+                "another solver, or check the model's training"
+            )
+        if self.discrete:
+            k = torch.floor((y + 1) * self.num_levels / 2)
+            return k.clamp(0, self.num_levels - 1).to(self.spec.dtype)
+        return (y * self.scale + self.loc).to(self.spec.dtype)
+
+    def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Continuous data: fix the standardization to the training split's statistics."""
+        self.check_input(x)
+        if not self.discrete:
+            xf = x.to(torch.float64)
+            self.loc.copy_(xf.mean(0))
+            self.scale.copy_(xf.std(0).clamp_min(1e-6))
+
+    # --- labels and guidance -----------------------------------------------------------------
+
+    def training_labels(self, y: Tensor | None, generator: torch.Generator | None = None
+                        ) -> Tensor | None:
+        """The labels the network is trained with: None (unconditional), or y with a fraction
+        ``label_dropout`` replaced by the null class."""
+        if not self.num_classes:
+            return None
+        if y is None:
+            raise DataError(f"{type(self).__name__} is class-conditional: pass the labels y")
+        return drop_labels(y.long(), self.network_config.label_dropout, self.num_classes,
+                           generator)
+
+    def sampling_labels(self, n: int, y: Tensor | None) -> Tensor | None:
+        """Labels to sample with: ``y``, or the classes 0, 1, ..., C-1, 0, ... in turn."""
+        if not self.num_classes:
+            if y is not None:
+                raise ConfigError(f"{type(self).__name__} is unconditional: sample() takes no y")
+            return None
+        if y is None:
+            return torch.arange(n, device=self.loc.device) % self.num_classes
+        if y.shape != (n,):
+            raise DataError(f"y must have shape ({n},), got {tuple(y.shape)}")
+        return y.long().to(self.loc.device)
+
+    def guided(self, net: Callable[..., Tensor], z: Tensor, t: Tensor, y: Tensor | None,
+               guidance: float) -> Tensor:
+        """net(z, t, y) with classifier-free guidance of scale ``guidance`` (1: plain
+        conditional; 0: unconditional) for a conditional model."""
+        if y is None or guidance == 1.0:
+            return net(z, t, y)
+        null = torch.full_like(y, self.num_classes)
+        both = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return classifier_free_guidance(cond, uncond, guidance)
+
+    def check_guidance(self, guidance: float) -> None:
+        if guidance != 1.0 and not self.num_classes:
+            raise ConfigError("guidance needs a class-conditional model (model.conditional: true)")
+
+    # --- ODE likelihoods ----------------------------------------------------------------------
+
+    def ode_estimate(
+        self,
+        x: Tensor,
+        velocity: Callable[[Tensor, Tensor], Tensor],
+        base_log_prob: Callable[[Tensor], Tensor],
+        config: OdeEvalConfig,
+        *,
+        t0: float,
+        t1: float,
+        generator: torch.Generator | None = None,
+        what: str = "",
+    ) -> LikelihoodEstimate:
+        """log P(x) (discrete data: its dequantization bound) from the ODE dz/dt = velocity(t, z)
+        carrying the model space at t0 to the base at t1, averaged over ``eval_draws``
+        dequantization draws, with its standard error (Hutchinson probes and draws)."""
+        self.check_input(x)
+        draws, variances = [], []
+        nfe = 0
+        for _ in range(config.eval_draws):
+            y0 = self.dequantize(x, generator)
+            res = ode_log_likelihood(
+                velocity, y0, base_log_prob, t0=t0, t1=t1, solver=config.eval_solver,
+                steps=config.eval_steps, rtol=config.eval_rtol, atol=config.eval_atol,
+                divergence=config.eval_divergence, num_probes=config.eval_probes,
+                chunk=config.eval_chunk, max_steps=config.eval_step_limit, generator=generator,
+            )
+            draws.append(res.log_prob + self.log_jacobian())
+            variances.append(res.stderr**2 if res.stderr is not None
+                             else torch.zeros_like(res.log_prob))
+            chunks = math.ceil(x.shape[0] / config.eval_chunk)
+            nfe += res.nfe / chunks
+        stacked = torch.stack(draws)
+        mean = stacked.mean(0)
+        var = torch.stack(variances).mean(0) / len(draws)
+        if len(draws) > 1:
+            var = var + stacked.var(0) / len(draws)
+        note = config.describe()
+        if what:
+            note = f"{what}; {note}"
+        if self.discrete:
+            note += f"; uniform dequantization, {len(draws)} draw{'s' if len(draws) > 1 else ''}"
+        return LikelihoodEstimate(mean, var.sqrt(), note, nfe / len(draws))
+
+    def flow_estimate(
+        self,
+        x: Tensor,
+        denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+        schedule: NoiseSchedule,
+        config: OdeEvalConfig,
+        *,
+        t_min: float,
+        generator: torch.Generator | None = None,
+        what: str = "",
+    ) -> LikelihoodEstimate:
+        """:meth:`ode_estimate` of the probability-flow ODE of a Gaussian-path denoiser from
+        ``t_min`` to t = 1 (base N(0, σ_1² I)), integrated in log-SNR time
+        (:func:`~dgm.models.diffusion.samplers.log_snr_field`)."""
+        from dgm.models.diffusion.samplers import log_snr_field
+
+        ends = schedule.log_snr(torch.tensor([t_min, 1.0], device=x.device))
+        var = schedule.prior_std() ** 2
+        return self.ode_estimate(
+            x, log_snr_field(denoise, schedule), lambda z: standard_normal_log_prob(z, var),
+            config, t0=float(ends[0]), t1=float(ends[1]), generator=generator,
+            what=what or f"probability-flow ODE from t = {t_min:g} to 1 in log-SNR time",
+        )
+
+    def extra_repr(self) -> str:
+        return f"space={'levels' if self.discrete else 'standardized'}"
+
+
+def check_sample_steps(steps: Any) -> int:
+    """``steps`` as a positive int, or a clear error."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    return steps
