@@ -102,10 +102,9 @@ class Evaluation:
         se = f"± {self.stderr_nats:.3f}"
         if self.estimator_stderr_nats is not None:
             se += f" (estimator ± {self.estimator_stderr_nats:.3f})"
-        if self.nfe:
-            se += f", {self.nfe:.0f} NFE"
+        nfe = f" ({self.nfe:.0f} function evaluations per solve)" if self.nfe else ""
         return (
-            f"{self.split}: {self.nll_nats:.3f} {se} nats/example, {bpd} "
+            f"{self.split}: {self.nll_nats:.3f} {se} nats/example{nfe}, {bpd} "
             f"[{self.label}; n={self.n}, median {self.median_nats:.3f}]"
         )
 

@@ -70,7 +70,9 @@ class NetworkConfig:
         base, mults, num_res_blocks, attention_at: the U-Net's width, width multipliers per
             level, residual blocks per level and the resolutions with self-attention.
         dropout: dropout inside the network's blocks.
-        fourier_features: append VDM's input Fourier features sin/cos(2^n π y), n = 7, 8.
+        fourier_features: append VDM's input Fourier features sin/cos(2^n π y) with n = m - 1
+            and m, m = round(log2 L): the frequencies that resolve the spacing 2/L of the L
+            levels in [-1, 1] (VDM's n = 7, 8 for 256 levels; 3, 4 for the 17-level digits).
         conditional: condition on the class label (the data must have labels).
         label_dropout: probability of training a conditional model with the null label, so
             that it can be sampled with classifier-free guidance.
@@ -160,7 +162,13 @@ def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) ->
     if choice == "unet" and not image:
         raise ConfigError(f"model.network unet needs square images (C, H, W), got {shape}")
     num_classes = int(spec.num_classes or 0) if config.conditional else 0
-    exponents = (7, 8) if config.fourier_features else ()
+    exponents: tuple[int, ...] = ()
+    if config.fourier_features:
+        if not spec.kind.is_discrete:
+            raise ConfigError("model.fourier_features resolve the levels of discrete data; "
+                              "this data is continuous")
+        m = max(1, round(math.log2(int(spec.num_levels))))
+        exponents = (m - 1, m)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if choice == "unet":

@@ -147,12 +147,13 @@ class FlowMatching(OdeFlowModel):
     The book's listing adds a tanh to its samples and its time embedding to x; neither is here.
 
     Reflow (Liu et al. 2023), in Python (``reflow_pairs`` fixes the size of the stored pairs,
-    so that a run saves and loads them)::
+    so that a run saves and loads them; the teacher here was trained with ``--set
+    model.path=rectified model.sigma=0``, and the student keeps its options)::
 
         import torch, dgm
         run = dgm.open_run("runs/fm_moons")             # a trained flow_matching run
         teacher = run.load_model()
-        options = dict(run.config.model_options, reflow_pairs=20000, coupling="independent")
+        options = dict(run.config.model_options, reflow_pairs=20000)
         student = dgm.build_model("flow_matching", run.spec, options)
         nfe = student.make_reflow_pairs(teacher, generator=torch.Generator().manual_seed(0))
         opt = torch.optim.Adam(student.parameters(), lr=1e-3)
@@ -282,8 +283,9 @@ class FlowMatching(OdeFlowModel):
                 raise ConfigError(f"copy_weights: the teacher's network differs: {e}") from None
         self.loc.copy_(teacher.loc)
         self.scale.copy_(teacher.scale)
-        labels = torch.arange(n, device=self.loc.device) % self.num_classes \
-            if self.num_classes else None
+        labels = None
+        if self.num_classes:
+            labels = torch.arange(n, device=self.loc.device) % self.num_classes
         was_training = teacher.training
         teacher.eval()
         nfe, solves = 0, 0
@@ -309,7 +311,7 @@ class FlowMatching(OdeFlowModel):
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
         """The standardization of continuous data, unless reflow pairs are stored (they live
         in the teacher's model space, which :meth:`make_reflow_pairs` copied)."""
-        if self.config.reflow_pairs and self.has_reflow_pairs:
+        if self.has_reflow_pairs:
             self.check_input(x)
             return
         super().initialize_from_data(x, generator)
