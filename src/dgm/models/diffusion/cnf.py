@@ -277,7 +277,11 @@ class CNF(OdeFlowModel):
     weights (Finlay et al. 2020) the loss is *not* the NLL alone: :meth:`loss_terms` names the
     parts (``nll``, ``kinetic``, ``jacobian``); the regularizers favour straight, smooth paths
     that a solver needs few steps for. Evaluation uses the ``eval_*`` settings (dopri5, exact
-    trace by default), not the training solver.
+    trace by default), not the training solver: with too few training steps the network fits
+    the discretization instead of the ODE (the trace summed by RK4 is not the log-determinant
+    of the RK4 map), and the training objective then overstates the likelihood that the ODE
+    gives; compare the two (``eval_solver``/``eval_steps`` set to the training solver) when
+    choosing ``train_steps``.
 
     The book gives no CNF code; its flow-matching listing's likelihood has four errors that
     :mod:`dgm.core.ode_likelihood` avoids (Book §9.4.3).
