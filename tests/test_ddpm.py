@@ -12,7 +12,8 @@ from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.data.dataset import Split
 from dgm.eval.likelihood import evaluate, resolve_method
-from dgm.models.diffusion.common import discretized_gaussian_log_prob, gaussian_kl
+from dgm.core.distributions import kl_normal_diag
+from dgm.models.diffusion.common import discretized_gaussian_log_prob
 from dgm.models.diffusion.ddpm import DDPM
 from dgm.models.diffusion.samplers import ancestral, ddim
 
@@ -44,7 +45,7 @@ def test_discretized_gaussian_is_a_pmf_over_the_levels() -> None:
 def test_gaussian_kl_is_torchs() -> None:
     gen = torch.Generator().manual_seed(0)
     mq, mp, lq, lp = (torch.randn(7, generator=gen, dtype=torch.float64) for _ in range(4))
-    ours = gaussian_kl(mq, lq, mp, lp)
+    ours = kl_normal_diag(mq, lq, mp, lp)
     ref = torch.distributions.kl_divergence(torch.distributions.Normal(mq, (0.5 * lq).exp()),
                                             torch.distributions.Normal(mp, (0.5 * lp).exp()))
     torch.testing.assert_close(ours, ref)

@@ -11,7 +11,7 @@ from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.data.dataset import Split
 from dgm.eval.likelihood import evaluate, resolve_method
-from dgm.models.diffusion.common import gaussian_kl
+from dgm.core.distributions import kl_normal_diag
 
 from util import loss_drop
 
@@ -59,7 +59,7 @@ def test_continuous_diffusion_term_is_the_limit_of_the_discrete_kls() -> None:
         post_var = var_ts * s_s**2 / s_t**2
         mean_q = a_ts * s_s**2 / s_t**2 * z + a_s * var_ts / s_t**2 * x
         mean_p = a_ts * s_s**2 / s_t**2 * z + a_s * var_ts / s_t**2 * x_hat
-        disc = T * gaussian_kl(mean_q, post_var.log(), mean_p, post_var.log()).sum(1)
+        disc = T * kl_normal_diag(mean_q, post_var.log(), mean_p, post_var.log()).sum(1)
     se = math.sqrt(float(cont.var() + disc.var()) / 4000)
     assert float(cont.mean()) == pytest.approx(float(disc.mean()), abs=4 * se + 0.01)
 

@@ -52,7 +52,6 @@ __all__ = [
     "ContinuousTimeModel",
     "build_network",
     "discretized_gaussian_log_prob",
-    "gaussian_kl",
     "standard_normal_log_prob",
     "check_sample_steps",
 ]
@@ -187,14 +186,6 @@ def standard_normal_log_prob(z: Tensor, var: float = 1.0) -> Tensor:
     d = z[0].numel()
     sq = z.reshape(z.shape[0], -1).pow(2).sum(1)
     return -0.5 * (sq / var + d * math.log(2 * math.pi * var))
-
-
-def gaussian_kl(mean_q: Tensor, log_var_q: Tensor | float, mean_p: Tensor,
-                log_var_p: Tensor | float) -> Tensor:
-    """KL(N(mean_q, e^{log_var_q}) || N(mean_p, e^{log_var_p})) elementwise (same shape)."""
-    lq = torch.as_tensor(log_var_q, dtype=mean_q.dtype, device=mean_q.device)
-    lp = torch.as_tensor(log_var_p, dtype=mean_q.dtype, device=mean_q.device)
-    return 0.5 * (lp - lq + torch.exp(lq - lp) + (mean_q - mean_p) ** 2 * torch.exp(-lp) - 1)
 
 
 def discretized_gaussian_log_prob(levels: Tensor, mean: Tensor, log_scale: Tensor,

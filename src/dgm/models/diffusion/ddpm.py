@@ -36,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +44,7 @@ from torch import Tensor
 
 from dgm.core.base import Likelihood
 from dgm.core.capabilities import LikelihoodEstimate
+from dgm.core.distributions import kl_normal_diag, log_normal_diag
 from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.schedules import Prediction, from_data_and_noise, make_schedule, to_data_and_noise
@@ -57,7 +57,6 @@ from dgm.models.diffusion.common import (
     build_network,
     check_sample_steps,
     discretized_gaussian_log_prob,
-    gaussian_kl,
 )
 from dgm.models.diffusion.samplers import (
     Denoiser,
@@ -228,23 +227,21 @@ class DDPM(ContinuousTimeModel):
             mean = mean.detach()
         log_var = self._log_variance(i, var_out, z)
         true_mean = self._at(self.coef_x, i, z) * x0 + self._at(self.coef_z, i, z) * z
-        kl = gaussian_kl(true_mean, self._at(self.log_post_var, i, z), mean, log_var)
+        log_post = self._at(self.log_post_var, i, z).expand_as(z)
+        kl = kl_normal_diag(true_mean, log_post, mean, log_var)
         kl = kl.reshape(kl.shape[0], -1).sum(1)
         if self.discrete:
             log_dec = discretized_gaussian_log_prob(x, mean, 0.5 * log_var, self.num_levels)
         else:
-            log_dec = self._gauss(x0, mean, log_var)
+            log_dec = log_normal_diag(x0, mean, log_var)
         dec = -log_dec.reshape(log_dec.shape[0], -1).sum(1)
         return torch.where(i == 1, dec, kl)
-
-    @staticmethod
-    def _gauss(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
-        return -0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
 
     def prior_term(self, x0: Tensor) -> Tensor:
         """L_T = KL(q(z_T | x) || N(0, I)) per example."""
         ab = self.abar[-1].to(x0.dtype)
-        kl = gaussian_kl(ab.sqrt() * x0, torch.log(1 - ab), torch.zeros_like(x0), 0.0)
+        kl = kl_normal_diag(ab.sqrt() * x0, torch.log(1 - ab).expand_as(x0),
+                            torch.zeros_like(x0), torch.zeros_like(x0))
         return kl.reshape(kl.shape[0], -1).sum(1)
 
     def _space(self, x: Tensor) -> Tensor:

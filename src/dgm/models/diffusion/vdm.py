@@ -31,6 +31,7 @@ from torch import Tensor
 
 from dgm.core.base import Likelihood
 from dgm.core.capabilities import LikelihoodEstimate
+from dgm.core.distributions import log_normal_diag
 from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.schedules import LearnedSchedule, scale_gradient
@@ -143,7 +144,7 @@ class VDM(ContinuousTimeModel):
         if not self.discrete:
             mean, log_var = z0 / alpha0, torch.log(var0) - torch.log(alpha0**2)
             x0 = self.to_model_space(x)
-            lp = -0.5 * ((x0 - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
+            lp = log_normal_diag(x0, mean, log_var.expand_as(x0))
             return lp.reshape(x.shape[0], -1).sum(1)
         levels = torch.arange(self.num_levels, device=x.device, dtype=z0.dtype)
         centres = (2 * levels + 1) / self.num_levels - 1
