@@ -80,7 +80,7 @@ def test_input_fourier_features_shapes_and_values() -> None:
     assert input_fourier_features(flat).shape == (3, 25)
     assert input_fourier_features(flat, ()).shape == (3, 5)
     images = torch.rand(2, 3, 4, 4) * 2 - 1
-    out = input_fourier_features(images, (7, 8))
+    out = input_fourier_features(images, (128, 256))
     assert out.shape == (2, 15, 4, 4)
     # channel blocks: h, sin 2^7, sin 2^8, cos 2^7, cos 2^8 (3 channels each)
     h = images[1, 2, 3, 0].item()
@@ -95,12 +95,24 @@ def test_input_fourier_features_shapes_and_values() -> None:
     assert torch.allclose(got, torch.tensor(expected), atol=1e-4)
 
 
+@pytest.mark.parametrize("levels", [17, 256])
+def test_fourier_frequency_L_reads_the_offset_from_the_nearest_level(levels: int) -> None:
+    """At f = L, sin(fπy) for y = a bin centre (2k + 1)/L - 1 plus δ is the same ±sin(Lπδ) for
+    every level k: the feature that lets a denoiser round to the lattice at small noise."""
+    k = torch.arange(levels, dtype=torch.float64)
+    delta = 0.3 / levels
+    y = ((2 * k + 1) / levels - 1 + delta).reshape(-1, 1)
+    sin_f = input_fourier_features(y, (float(levels),))[:, 1]
+    assert torch.allclose(sin_f.abs(), torch.full_like(sin_f, math.sin(math.pi * 0.3)))
+    assert torch.allclose(sin_f, sin_f[0].expand_as(sin_f))  # one sign for every level
+
+
 # ---- shapes and the zero start ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(64,), (1, 8, 8)])
 def test_time_mlp_shapes_and_zero_start(shape) -> None:
-    net = _small_mlp(64, fourier_exponents=(7,))
+    net = _small_mlp(64, fourier_frequencies=(128,))
     z = torch.randn(3, *shape)
     out = net(z, torch.rand(3))
     assert out.shape == z.shape
@@ -115,7 +127,7 @@ def test_time_mlp_shapes_and_zero_start(shape) -> None:
         (8, (1, 2), {}),
         (8, (1, 2, 2), {"attention_at": (2,)}),
         (28, (1, 2), {"attention_at": (14,)}),
-        (28, (1, 2, 2), {"num_res_blocks": 2, "fourier_exponents": (7, 8)}),
+        (28, (1, 2, 2), {"num_res_blocks": 2, "fourier_frequencies": (128, 256)}),
     ],
 )
 def test_unet_shapes_and_zero_start(size, mults, kwargs) -> None:
@@ -234,8 +246,8 @@ def test_unet_output_sees_the_far_corner() -> None:
 @pytest.mark.parametrize(
     "net",
     [
-        _small_mlp(6, num_classes=3, fourier_exponents=(1,)),
-        _small_unet(8, (1, 2), num_classes=3, attention_at=(8, 4), fourier_exponents=(1,)),
+        _small_mlp(6, num_classes=3, fourier_frequencies=(2,)),
+        _small_unet(8, (1, 2), num_classes=3, attention_at=(8, 4), fourier_frequencies=(2,)),
     ],
     ids=["mlp", "unet"],
 )

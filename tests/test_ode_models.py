@@ -383,3 +383,28 @@ def test_the_evaluator_labels_the_ode_likelihood(name: str,
     assert result.kind == "estimate" and math.isfinite(result.nll_nats)
     assert "rk4" in result.label and "dequantization" in result.label
     assert result.nfe == 12
+
+
+def test_reflow_from_a_teacher_run_on_the_command_line(tmp_path) -> None:
+    """``--set model.teacher=RUN model.reflow_pairs=N``: one reflow round from the CLI. The
+    student starts from the teacher's network and its pairs are the teacher's ODE solutions."""
+    from dgm.cli import main
+    from dgm.runs import open_run
+
+    small = ["model.hidden=16", "model.num_hidden=1", "model.time_dim=8", "model.path=rectified",
+             "model.sigma=0.0", "train.progress=false", "train.batch_size=256"]
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    assert main(["train", "flow_matching", "--data", "moons", "--epochs", "1", "--out",
+                 str(teacher_dir), "--set", *small]) == 0
+    assert main(["train", "flow_matching", "--data", "moons", "--epochs", "1", "--out",
+                 str(student_dir), "--set", *small, f"model.teacher={teacher_dir}",
+                 "model.reflow_pairs=128", "model.reflow_solver=euler",
+                 "model.reflow_steps=4"]) == 0
+    teacher = open_run(teacher_dir).load_model()
+    student = open_run(student_dir).load_model()
+    assert isinstance(student, FlowMatching) and student.has_reflow_pairs
+    # each stored x̂0 is the teacher's 4-step Euler solution from its x1
+    solved = teacher.integrate(student.reflow_x1[:8], None, solver="euler", steps=4).state
+    torch.testing.assert_close(student.reflow_x0[:8], solved, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="reflow_pairs"):
+        build_model("flow_matching", continuous(2), {**TINY, "teacher": str(teacher_dir)})

@@ -105,3 +105,35 @@ def test_trains_and_samples(digits) -> None:
         assert s.dtype == torch.long and s.shape == (3, 1, 8, 8)
         assert 0 <= int(s.min()) <= int(s.max()) <= 16
     assert m.last_sample_nfe == 5  # 4 Euler steps + the final denoising evaluation
+
+
+@pytest.mark.parametrize("network", ["mlp", "unet"])
+def test_time_scale_reaches_the_time_features(digits, network: str) -> None:
+    from dgm.core.denoisers import SinusoidalEmbedding
+
+    model = build_model("vdm", digits.spec, {"network": network, "hidden": 16, "num_hidden": 1,
+                                             "base": 8, "time_dim": 8, "time_scale": 7.0})
+    scales = [m.scale for m in model.modules() if isinstance(m, SinusoidalEmbedding)]
+    assert scales == [7.0]
+    with pytest.raises(Exception, match="time_scale"):
+        build_model("vdm", digits.spec, {"time_scale": 0.0})
+
+
+def test_conditional_ode_likelihood_chunks_labels_with_the_images(digits) -> None:
+    """Each chunk of the ODE likelihood reads its own images' labels: chunking changes nothing
+    (a fixed-step solver, so each example's path is independent of the others)."""
+    settings = {**TINY, "conditional": True, "eval_solver": "rk4", "eval_steps": 3,
+                "eval_divergence": "exact"}
+    model = build_model("vdm", digits.spec, {**settings, "eval_chunk": 5})
+    chunked = build_model("vdm", digits.spec, {**settings, "eval_chunk": 2})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    chunked.load_state_dict(model.state_dict())
+    model.eval(), chunked.eval()
+    x, y = digits.test.x[:5], torch.as_tensor(digits.test.y[:5]).long()
+    whole = model.log_prob_estimate(x, y, generator=torch.Generator().manual_seed(0)).log_prob
+    parts = chunked.log_prob_estimate(x, y, generator=torch.Generator().manual_seed(0)).log_prob
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-3)
+    other = model.log_prob_estimate(x, (y + 1) % 10, generator=torch.Generator().manual_seed(0))
+    assert (other.log_prob - whole).abs().max() > 1e-3  # the labels do reach the network

@@ -92,12 +92,13 @@ def _dropout(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def _exponents(value: object) -> tuple[int, ...]:
+def _frequencies(value: object) -> tuple[float, ...]:
     ok = isinstance(value, Sequence) and all(
-        isinstance(n, int) and not isinstance(n, bool) for n in value
+        isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in value
     )
-    _require(ok, f"fourier_exponents must be a sequence of integers such as (7, 8), got {value!r}")
-    return tuple(int(n) for n in value)  # type: ignore[union-attr]
+    _require(ok, "fourier_frequencies must be a sequence of positive numbers such as "
+             f"(128, 256), got {value!r}")
+    return tuple(float(f) for f in value)  # type: ignore[union-attr]
 
 
 def _broadcast_time(t: Tensor | float, n: int, like: Tensor) -> Tensor:
@@ -196,22 +197,24 @@ class GaussianFourierEmbedding(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 
-def input_fourier_features(h: Tensor, exponents: Sequence[int] = (7, 8)) -> Tensor:
-    r"""VDM's input Fourier features (Kingma et al. 2021, Appendix C): h with sin(2ⁿπh) and
-    cos(2ⁿπh) for each n in ``exponents`` concatenated along axis 1.
+def input_fourier_features(h: Tensor, frequencies: Sequence[float] = (128, 256)) -> Tensor:
+    r"""Input Fourier features (Kingma et al. 2021, Appendix C): h with sin(fπh) and cos(fπh)
+    for each f in ``frequencies`` concatenated along axis 1.
 
     Meant for data h scaled to [-1, 1]: the high frequencies let the network resolve the fine
-    detail that matters at small noise levels. Channel order: h, then sin for every n (in the
-    given order), then cos for every n, each block C channels wide;
-    (N, C, ...) -> (N, C·(1 + 2k)), k = len(exponents). Works for flat (N, D) data and images.
+    detail that matters at small noise levels. VDM uses f = 2⁷, 2⁸ for 256 levels, i.e. L/2 and
+    L: with f = L, sin(Lπh) at a level's bin centre plus δ is ±sin(Lπδ), the offset from the
+    nearest level, for every level at once. Channel order: h, then sin for every f (in the
+    given order), then cos for every f, each block C channels wide;
+    (N, C, ...) -> (N, C·(1 + 2k)), k = len(frequencies). Works for flat (N, D) data and images.
     """
     if h.dim() < 2:
         raise DataError(
             f"h must have a batch and a feature axis (N, C, ...), got {tuple(h.shape)}"
         )
-    if not exponents:
+    if not frequencies:
         return h
-    scaled = [(2.0**n * math.pi) * h for n in exponents]
+    scaled = [(f * math.pi) * h for f in frequencies]
     return torch.cat([h, *(s.sin() for s in scaled), *(s.cos() for s in scaled)], dim=1)
 
 
@@ -223,6 +226,7 @@ class ConditionEmbedding(nn.Module):
     :class:`GaussianFourierEmbedding` (``kind="fourier"``) of width ``features``; E is an
     ``nn.Embedding(num_classes + 1, width)`` whose last row is the null class (y =
     num_classes, or y None), present only when num_classes > 0. (N,), (N,) -> (N, width).
+    ``time_scale`` is the sinusoidal features' scale s (see :class:`SinusoidalEmbedding`).
     """
 
     def __init__(
@@ -232,6 +236,7 @@ class ConditionEmbedding(nn.Module):
         *,
         num_classes: int = 0,
         kind: TimeEmbeddingKind = "sinusoidal",
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         _require(
@@ -241,7 +246,7 @@ class ConditionEmbedding(nn.Module):
         self.num_classes = _non_negative_int("num_classes", num_classes)
         width = _positive_int("width", width)
         self.time: nn.Module = (
-            SinusoidalEmbedding(features)
+            SinusoidalEmbedding(features, scale=time_scale)
             if kind == "sinusoidal"
             else GaussianFourierEmbedding(features)
         )
@@ -282,7 +287,7 @@ class _ResidualMLPBlock(nn.Module):
 class TimeMLP(nn.Module):
     r"""A time- and class-conditioned residual MLP for flat data: (N, D), (N,), (N,) -> (N, D).
 
-    x (with its :func:`input_fourier_features` when ``fourier_exponents`` is not empty) ->
+    x (with its :func:`input_fourier_features` when ``fourier_frequencies`` is not empty) ->
     Linear to ``hidden`` -> ``num_hidden`` residual blocks
 
         h ← h + W₂ dropout(SiLU(W₁ SiLU(LN(h)) + P SiLU(emb(t, y))))
@@ -308,9 +313,10 @@ class TimeMLP(nn.Module):
         num_hidden: int = 3,
         time_dim: int = 128,
         num_classes: int = 0,
-        fourier_exponents: Sequence[int] = (),
+        fourier_frequencies: Sequence[float] = (),
         dropout: float = 0.0,
         time_embedding: TimeEmbeddingKind = "sinusoidal",
+        time_scale: float = 1000.0,
         outputs: int = 1,
     ) -> None:
         super().__init__()
@@ -320,12 +326,13 @@ class TimeMLP(nn.Module):
         num_hidden = _non_negative_int("num_hidden", num_hidden)
         time_dim = _even_dim("time_dim", time_dim)
         self.num_classes = _non_negative_int("num_classes", num_classes)
-        self.fourier_exponents = _exponents(fourier_exponents)
+        self.fourier_frequencies = _frequencies(fourier_frequencies)
         dropout = _dropout(dropout)
         self.embed = ConditionEmbedding(
-            time_dim, hidden, num_classes=self.num_classes, kind=time_embedding
+            time_dim, hidden, num_classes=self.num_classes, kind=time_embedding,
+            time_scale=time_scale,
         )
-        in_features = self.dim * (1 + 2 * len(self.fourier_exponents))
+        in_features = self.dim * (1 + 2 * len(self.fourier_frequencies))
         self.input = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(
             _ResidualMLPBlock(hidden, hidden, dropout) for _ in range(num_hidden)
@@ -343,7 +350,7 @@ class TimeMLP(nn.Module):
             )
         _check_labels(y, n, self.num_classes)
         emb = self.embed(_broadcast_time(t, n, x), y)
-        h = self.input(input_fourier_features(x, self.fourier_exponents))
+        h = self.input(input_fourier_features(x, self.fourier_frequencies))
         for block in self.blocks:
             h = block(h, emb)
         out = self.output(F.silu(self.norm(h)))
@@ -451,7 +458,7 @@ class UNet(nn.Module):
     dropout -> conv3x3, plus the input. GroupNorm uses the largest of 8, 4, 2, 1 groups that
     divides the channels. emb is :class:`ConditionEmbedding`: time features of width
     ``time_dim`` (default 4·base) through a 2-layer MLP of width time_dim, plus a class
-    embedding when num_classes > 0. ``fourier_exponents`` appends
+    embedding when num_classes > 0. ``fourier_frequencies`` appends
     :func:`input_fourier_features` of z to the input channels.
 
     image_size must be divisible by 2^(len(mults) - 1), so that upsampling restores each
@@ -470,8 +477,9 @@ class UNet(nn.Module):
         num_classes: int = 0,
         dropout: float = 0.0,
         attention_at: Sequence[int] = (),
-        fourier_exponents: Sequence[int] = (),
+        fourier_frequencies: Sequence[float] = (),
         time_embedding: TimeEmbeddingKind = "sinusoidal",
+        time_scale: float = 1000.0,
         outputs: int = 1,
     ) -> None:
         super().__init__()
@@ -491,7 +499,7 @@ class UNet(nn.Module):
         time_dim = 4 * base if time_dim is None else _even_dim("time_dim", time_dim)
         self.num_classes = _non_negative_int("num_classes", num_classes)
         dropout = _dropout(dropout)
-        self.fourier_exponents = _exponents(fourier_exponents)
+        self.fourier_frequencies = _frequencies(fourier_frequencies)
         factor = 2 ** (len(mults) - 1)
         _require(
             self.image_size % factor == 0,
@@ -508,9 +516,10 @@ class UNet(nn.Module):
         )
 
         self.embed = ConditionEmbedding(
-            time_dim, time_dim, num_classes=self.num_classes, kind=time_embedding
+            time_dim, time_dim, num_classes=self.num_classes, kind=time_embedding,
+            time_scale=time_scale,
         )
-        in_ch = self.channels * (1 + 2 * len(self.fourier_exponents))
+        in_ch = self.channels * (1 + 2 * len(self.fourier_frequencies))
         self.conv_in = nn.Conv2d(in_ch, base, 3, padding=1)
 
         ch = base
@@ -563,7 +572,7 @@ class UNet(nn.Module):
         _check_labels(y, n, self.num_classes)
         emb = self.embed(_broadcast_time(t, n, z), y)
 
-        h = self.conv_in(input_fourier_features(z, self.fourier_exponents))
+        h = self.conv_in(input_fourier_features(z, self.fourier_frequencies))
         skips = [h]
         for level, stages in enumerate(self.down):
             for stage in stages:

@@ -157,7 +157,7 @@ class NoiseSchedule(nn.Module):
         """The standard deviation of the Gaussian that z_1 is taken to follow when generating:
         σ_1 (for VE paths the data's own scale is then negligible; for VP paths ~ 1)."""
         _, sigma = self.alpha_sigma(torch.ones(()))
-        return float(sigma)
+        return float(sigma.detach())
 
 
 class VPLinear(NoiseSchedule):

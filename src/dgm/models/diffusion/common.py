@@ -66,12 +66,16 @@ class NetworkConfig:
             ``"unet"``.
         hidden, num_hidden: width and residual blocks of the MLP.
         time_dim: width of the sinusoidal time features.
+        time_scale: s of the sinusoidal time features sin(s ω_i t), ω_i <= 1: the fastest
+            turns s radians per unit of t. 1000 (DDPM's step range) suits denoisers trained at
+            every t; ODE flows use less (:class:`~dgm.models.diffusion.cnf.OdeFlowConfig`).
         base, mults, num_res_blocks, attention_at: the U-Net's width, width multipliers per
             level, residual blocks per level and the resolutions with self-attention.
         dropout: dropout inside the network's blocks.
-        fourier_features: append VDM's input Fourier features sin/cos(2^n π y) with n = m - 1
-            and m, m = round(log2 L): the frequencies that resolve the spacing 2/L of the L
-            levels in [-1, 1] (VDM's n = 7, 8 for 256 levels; 3, 4 for the 17-level digits).
+        fourier_features: append VDM's input Fourier features sin/cos(fπy) at f = L/2 and L:
+            the frequencies on the lattice of the L levels in [-1, 1] (sin(Lπy) is the
+            offset from the nearest level; VDM's 2⁷, 2⁸ for 256 levels; 8.5 and 17 for the
+            17-level digits).
         conditional: condition on the class label (the data must have labels).
         label_dropout: probability of training a conditional model with the null label, so
             that it can be sampled with classifier-free guidance.
@@ -82,6 +86,7 @@ class NetworkConfig:
     hidden: int = 512
     num_hidden: int = 3
     time_dim: int = 128
+    time_scale: float = 1000.0
     base: int = 32
     mults: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
@@ -100,6 +105,8 @@ class NetworkConfig:
                               "model.mults not empty")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not self.time_scale > 0:
+            raise ConfigError(f"model.time_scale must be > 0, got {self.time_scale}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"model.label_dropout must be in [0, 1), got {self.label_dropout}")
 
@@ -161,24 +168,25 @@ def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) ->
     if choice == "unet" and not image:
         raise ConfigError(f"model.network unet needs square images (C, H, W), got {shape}")
     num_classes = int(spec.num_classes or 0) if config.conditional else 0
-    exponents: tuple[int, ...] = ()
+    frequencies: tuple[float, ...] = ()
     if config.fourier_features:
         if not spec.kind.is_discrete:
             raise ConfigError("model.fourier_features resolve the levels of discrete data; "
                               "this data is continuous")
-        m = max(1, round(math.log2(int(spec.num_levels))))
-        exponents = (m - 1, m)
+        levels = float(spec.num_levels)
+        frequencies = (levels / 2, levels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if choice == "unet":
             return UNet(shape[0], shape[1], base=config.base, mults=config.mults,
                         num_res_blocks=config.num_res_blocks, time_dim=config.time_dim,
                         num_classes=num_classes, dropout=config.dropout,
-                        attention_at=config.attention_at, fourier_exponents=exponents,
-                        outputs=outputs)
+                        attention_at=config.attention_at, fourier_frequencies=frequencies,
+                        time_scale=config.time_scale, outputs=outputs)
         return TimeMLP(spec.dim, hidden=config.hidden, num_hidden=config.num_hidden,
                        time_dim=config.time_dim, num_classes=num_classes,
-                       fourier_exponents=exponents, dropout=config.dropout, outputs=outputs)
+                       fourier_frequencies=frequencies, dropout=config.dropout,
+                       time_scale=config.time_scale, outputs=outputs)
 
 
 def standard_normal_log_prob(z: Tensor, var: float = 1.0) -> Tensor:
@@ -326,67 +334,92 @@ class ContinuousTimeModel(GenerativeModel):
     def ode_estimate(
         self,
         x: Tensor,
-        velocity: Callable[[Tensor, Tensor], Tensor],
+        velocity: Callable[[Tensor, Tensor, Tensor | None], Tensor],
         base_log_prob: Callable[[Tensor], Tensor],
         config: OdeEvalConfig,
         *,
         t0: float,
         t1: float,
+        labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         what: str = "",
     ) -> LikelihoodEstimate:
-        """log P(x) (discrete data: its dequantization bound) from the ODE dz/dt = velocity(t, z)
-        carrying the model space at t0 to the base at t1, averaged over ``eval_draws``
-        dequantization draws, with its standard error (Hutchinson probes and draws)."""
+        """log P(x) (discrete data: its dequantization bound) from the ODE
+        dz/dt = velocity(t, z, labels) carrying the model space at t0 to the base at t1,
+        averaged over ``eval_draws`` dequantization draws, with its standard error (Hutchinson
+        probes and draws). Solved ``eval_chunk`` examples at a time, each chunk with its own
+        slice of ``labels`` (None: unconditional), so that memory stays bounded."""
         self.check_input(x)
-        draws, variances = [], []
-        nfe = 0
-        for _ in range(config.eval_draws):
-            y0 = self.dequantize(x, generator)
-            res = ode_log_likelihood(
-                velocity, y0, base_log_prob, t0=t0, t1=t1, solver=config.eval_solver,
-                steps=config.eval_steps, rtol=config.eval_rtol, atol=config.eval_atol,
-                divergence=config.eval_divergence, num_probes=config.eval_probes,
-                chunk=config.eval_chunk, max_steps=config.eval_step_limit, generator=generator,
-            )
-            draws.append(res.log_prob + self.log_jacobian())
-            variances.append(res.stderr**2 if res.stderr is not None
-                             else torch.zeros_like(res.log_prob))
-            chunks = math.ceil(x.shape[0] / config.eval_chunk)
-            nfe += res.nfe / chunks
-        stacked = torch.stack(draws)
-        mean = stacked.mean(0)
-        var = torch.stack(variances).mean(0) / len(draws)
-        if len(draws) > 1:
-            var = var + stacked.var(0) / len(draws)
+        n = x.shape[0]
+        size = max(1, config.eval_chunk)
+        means, variances = [], []
+        nfe = 0.0
+        for start in range(0, n, size):
+            xc = x[start:start + size]
+            lab = None if labels is None else labels[start:start + size]
+
+            def field(t: Tensor, z: Tensor, lab: Tensor | None = lab) -> Tensor:
+                return velocity(t, z, lab)
+
+            draws, probe_vars = [], []
+            for _ in range(config.eval_draws):
+                res = ode_log_likelihood(
+                    field, self.dequantize(xc, generator), base_log_prob, t0=t0, t1=t1,
+                    solver=config.eval_solver, steps=config.eval_steps, rtol=config.eval_rtol,
+                    atol=config.eval_atol, divergence=config.eval_divergence,
+                    num_probes=config.eval_probes, chunk=None,
+                    max_steps=config.eval_step_limit, generator=generator,
+                )
+                draws.append(res.log_prob + self.log_jacobian())
+                probe_vars.append(res.stderr**2 if res.stderr is not None
+                                  else torch.zeros_like(res.log_prob))
+                nfe += res.nfe * xc.shape[0]
+            stacked = torch.stack(draws)
+            var = torch.stack(probe_vars).mean(0) / len(draws)
+            if len(draws) > 1:
+                var = var + stacked.var(0) / len(draws)
+            means.append(stacked.mean(0))
+            variances.append(var)
         note = config.describe()
         if what:
             note = f"{what}; {note}"
         if self.discrete:
-            note += f"; uniform dequantization, {len(draws)} draw{'s' if len(draws) > 1 else ''}"
-        return LikelihoodEstimate(mean, var.sqrt(), note, nfe / len(draws))
+            k = config.eval_draws
+            note += f"; uniform dequantization, {k} draw{'s' if k > 1 else ''}"
+        if (config.eval_divergence == "hutchinson" and config.eval_probes == 1
+                and config.eval_draws == 1):
+            note += ("; one probe gives no error bar per example: its noise is only in the "
+                     "spread over examples")
+        mean_nfe = nfe / max(1, n * config.eval_draws)
+        return LikelihoodEstimate(torch.cat(means), torch.cat(variances).sqrt(), note, mean_nfe)
 
     def flow_estimate(
         self,
         x: Tensor,
-        denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+        denoiser: Callable[[Tensor | None], Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]],
         schedule: NoiseSchedule,
         config: OdeEvalConfig,
         *,
         t_min: float,
+        labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         what: str = "",
     ) -> LikelihoodEstimate:
         """:meth:`ode_estimate` of the probability-flow ODE of a Gaussian-path denoiser from
         ``t_min`` to t = 1 (base N(0, σ_1² I)), integrated in log-SNR time
-        (:func:`~dgm.models.diffusion.samplers.log_snr_field`)."""
+        (:func:`~dgm.models.diffusion.samplers.log_snr_field`); ``denoiser(labels)`` gives the
+        denoiser of a chunk's labels."""
         from dgm.models.diffusion.samplers import log_snr_field
 
-        ends = schedule.log_snr(torch.tensor([t_min, 1.0], device=x.device))
+        ends = schedule.log_snr(torch.tensor([t_min, 1.0], device=x.device)).detach()
         var = schedule.prior_std() ** 2
+
+        def velocity(s: Tensor, z: Tensor, lab: Tensor | None) -> Tensor:
+            return log_snr_field(denoiser(lab), schedule)(s, z)
+
         return self.ode_estimate(
-            x, log_snr_field(denoise, schedule), lambda z: standard_normal_log_prob(z, var),
-            config, t0=float(ends[0]), t1=float(ends[1]), generator=generator,
+            x, velocity, lambda z: standard_normal_log_prob(z, var), config,
+            t0=float(ends[0]), t1=float(ends[1]), labels=labels, generator=generator,
             what=what or f"probability-flow ODE from t = {t_min:g} to 1 in log-SNR time",
         )
 

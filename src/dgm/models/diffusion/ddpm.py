@@ -385,9 +385,9 @@ class DDPM(ContinuousTimeModel):
         """log P(x) of the probability-flow ODE of the network on the continuous schedule,
         from t = 1/T (where the bound's decoder sits) to t = 1 (base N(0, I))."""
         labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
-        denoise = self._denoiser(labels, 1.0, {}, clip=False)
-        return self.flow_estimate(x, denoise, self.schedule, self.config,
-                                  t_min=1 / self.config.steps, generator=generator,
+        return self.flow_estimate(x, lambda lab: self._denoiser(lab, 1.0, {}, clip=False),
+                                  self.schedule, self.config, t_min=1 / self.config.steps,
+                                  labels=labels, generator=generator,
                                   what="probability-flow ODE of the DDPM network from t = 1/T "
                                   "to 1 in log-SNR time")
 

@@ -46,7 +46,7 @@ from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.schedules import StraightLine, broadcast_time
 from dgm.core.spec import DataSpec
-from dgm.models.diffusion.cnf import OdeFlowConfig, OdeFlowModel
+from dgm.models.diffusion.cnf import OdeFlowConfig, OdeFlowModel, check_solver
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "minibatch_ot", "PATHS", "COUPLINGS"]
 
@@ -89,6 +89,11 @@ class FlowMatchingConfig(OdeFlowConfig):
         coupling: ``"independent"`` or ``"ot"`` (minibatch OT pairs; icfm and rectified).
         reflow_pairs: size of the buffer of (x̂0, x1) teacher pairs for reflow (0: no reflow;
             the pairs come from :meth:`FlowMatching.make_reflow_pairs`).
+        teacher: a trained ODE model's run directory: before training, ``reflow_pairs``
+            pairs are generated from it (``reflow_solver``, ``reflow_steps``: default the
+            teacher's sampler) and its network is the student's start, so that
+            ``dgm train flow_matching --set model.teacher=RUN model.reflow_pairs=N`` is one
+            reflow round (Liu et al.'s 2-rectified flow from a 1-rectified RUN).
         sampler, sample_steps: the ODE solver of ``sample`` (default heun, 50 steps).
     """
 
@@ -96,6 +101,9 @@ class FlowMatchingConfig(OdeFlowConfig):
     sigma: float = 0.1
     coupling: Literal["independent", "ot"] = "independent"
     reflow_pairs: int = 0
+    teacher: str | None = None
+    reflow_solver: str | None = None
+    reflow_steps: int | None = None
     sampler: str = "heun"
     sample_steps: int = 50
 
@@ -119,6 +127,13 @@ class FlowMatchingConfig(OdeFlowConfig):
                               "paths: use path icfm or rectified")
         if self.reflow_pairs < 0:
             raise ConfigError(f"model.reflow_pairs must be >= 0, got {self.reflow_pairs}")
+        if self.teacher is not None and not self.reflow_pairs:
+            raise ConfigError("model.teacher needs model.reflow_pairs > 0 (how many teacher "
+                              "pairs to train on)")
+        if self.reflow_solver is not None:
+            check_solver(self.reflow_solver, "model.reflow_solver")
+        if self.reflow_steps is not None and self.reflow_steps < 1:
+            raise ConfigError(f"model.reflow_steps must be >= 1, got {self.reflow_steps}")
 
 
 @register_model("flow_matching", FlowMatchingConfig)
@@ -310,7 +325,17 @@ class FlowMatching(OdeFlowModel):
 
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
         """The standardization of continuous data, unless reflow pairs are stored (they live
-        in the teacher's model space, which :meth:`make_reflow_pairs` copied)."""
+        in the teacher's model space, which :meth:`make_reflow_pairs` copied); with a
+        ``teacher`` run, its pairs are made here."""
+        if self.config.teacher is not None and not self.has_reflow_pairs:
+            from dgm.runs import open_run  # the runs module imports the models
+
+            teacher = open_run(self.config.teacher).load_model()
+            if not isinstance(teacher, OdeFlowModel):
+                raise ConfigError(f"model.teacher {self.config.teacher} holds a "
+                                  f"{type(teacher).__name__}, not an ODE flow")
+            self.make_reflow_pairs(teacher, steps=self.config.reflow_steps,
+                                   solver=self.config.reflow_solver, generator=generator)
         if self.has_reflow_pairs:
             self.check_input(x)
             return

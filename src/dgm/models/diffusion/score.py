@@ -630,26 +630,12 @@ class ScoreSDE(ContinuousTimeModel):
             return standard_normal_log_prob(z, var)
 
         what = f"probability-flow ODE of the {c.sde} SDE"
-        if not self.num_classes:
-            return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0,
-                                     generator=generator, what=what)
-        if y is None:
-            labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
-        else:
-            labels = y.long().to(x.device)
-        parts = []
-        for start in range(0, x.shape[0], c.eval_chunk):
-            part = labels[start:start + c.eval_chunk]
-
-            def velocity(t: Tensor, z: Tensor, part: Tensor = part) -> Tensor:
-                return self.velocity(t, z, part)
-
-            parts.append(self.ode_estimate(x[start:start + c.eval_chunk], velocity, base, c,
-                                           t0=c.t_eps, t1=1.0, generator=generator, what=what))
-        sizes = [p.log_prob.shape[0] for p in parts]
-        nfe = sum(p.nfe * s for p, s in zip(parts, sizes)) / max(1, sum(sizes))
-        return LikelihoodEstimate(torch.cat([p.log_prob for p in parts]),
-                                  torch.cat([p.stderr for p in parts]), parts[0].note, nfe)
+        labels = None
+        if self.num_classes:
+            labels = (torch.full((x.shape[0],), self.num_classes, device=x.device) if y is None
+                      else y.long().to(x.device))
+        return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0, labels=labels,
+                                 generator=generator, what=what)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The probability-flow ODE likelihood (:meth:`log_prob_estimate`), (N,)."""

@@ -271,6 +271,6 @@ class VDM(ContinuousTimeModel):
         """log P(x) of the probability-flow ODE of the network from t = 0 to t = 1 (its
         decoder replaced by the dequantization bound)."""
         labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
-        return self.flow_estimate(x, self._denoiser(labels, 1.0), self.schedule, self.config,
-                                  t_min=0.0, generator=generator,
+        return self.flow_estimate(x, lambda lab: self._denoiser(lab, 1.0), self.schedule,
+                                  self.config, t_min=0.0, labels=labels, generator=generator,
                                   what="probability-flow ODE of the VDM network in log-SNR time")
