@@ -137,3 +137,42 @@ def test_conditional_ode_likelihood_chunks_labels_with_the_images(digits) -> Non
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-3)
     other = model.log_prob_estimate(x, (y + 1) % 10, generator=torch.Generator().manual_seed(0))
     assert (other.log_prob - whole).abs().max() > 1e-3  # the labels do reach the network
+
+
+def test_level_posterior_mean_is_bayes_rule_over_the_levels() -> None:
+    from dgm.models.diffusion.common import level_posterior_mean
+
+    L = 5
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    h = torch.randn(3, L, 4, generator=g, dtype=torch.float64)
+    alpha, sigma = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    got = level_posterior_mean(z, alpha, sigma, h, L)
+    c = (2 * torch.arange(L, dtype=torch.float64) + 1) / L - 1
+    for i in range(3):
+        for j in range(4):
+            prior = torch.softmax(h[i, :, j], 0)
+            lik = torch.exp(-0.5 * ((z[i, j] - alpha * c) / sigma) ** 2)
+            post = prior * lik / (prior * lik).sum()
+            assert abs(float((post * c).sum() - got[i, j])) < 1e-12
+
+
+def test_levels_prediction_denoises_exactly_at_small_noise(digits) -> None:
+    """A fresh network (zero corrections) already recovers ε where σ is far below the levels'
+    spacing, so the diffusion term there is ~0 (an ε-network starts at ε̂ = 0: cost ~D/2·γ')."""
+    m = build_model("vdm", digits.spec, {**TINY, "prediction": "levels"})
+    x = digits.test.x[:8]
+    x0 = m.to_model_space(x)
+    gamma = torch.tensor(-12.0)
+    alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+    eps = torch.randn_like(x0)
+    z = alpha * x0 + sigma * eps
+    t = torch.full((8,), 0.01)
+    with torch.no_grad():
+        eps_hat = m._eps_hat(z, t, None, alpha, sigma)
+        plain = build_model("vdm", digits.spec, TINY)._eps_hat(z, t, None, alpha, sigma)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-3, atol=1e-3)
+    assert float((plain - eps).pow(2).mean()) > 0.5
+    with pytest.raises(Exception, match="discrete"):
+        build_model("vdm", DataSpec((2,), DataKind.CONTINUOUS),
+                    {**TINY, "prediction": "levels"})

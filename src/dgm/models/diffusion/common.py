@@ -189,6 +189,24 @@ def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) ->
                        time_scale=config.time_scale, outputs=outputs)
 
 
+def level_posterior_mean(z: Tensor, alpha: Tensor, sigma: Tensor, correction: Tensor,
+                         num_levels: int) -> Tensor:
+    r"""x̂ = E[x | z] for data on the bin centres c_k = (2k + 1)/L - 1 of [-1, 1], coordinate by
+    coordinate, with z = αx + σε:
+
+        p(x = c_k | z) ∝ exp(-(z - α c_k)² / (2σ²) + h_k),
+
+    the Gaussian likelihood of each level times a prior whose logits h (N, L, *z.shape[1:])
+    the network predicts. At small σ the likelihood alone picks the nearest level, so the
+    denoiser is exact there whatever h is; the network only has to learn the noisy middle.
+    ``alpha``, ``sigma`` broadcast against z."""
+    levels = torch.arange(num_levels, device=z.device, dtype=z.dtype)
+    centres = ((2 * levels + 1) / num_levels - 1).reshape(1, -1, *([1] * (z.dim() - 1)))
+    za, a, s = z.unsqueeze(1), alpha.expand_as(z).unsqueeze(1), sigma.expand_as(z).unsqueeze(1)
+    logits = -0.5 * ((za - a * centres) / s) ** 2 + correction
+    return (torch.softmax(logits, dim=1) * centres).sum(1)
+
+
 def standard_normal_log_prob(z: Tensor, var: float = 1.0) -> Tensor:
     """log N(z | 0, var I) summed over all but the first axis, (N,)."""
     d = z[0].numel()

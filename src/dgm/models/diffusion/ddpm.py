@@ -57,6 +57,7 @@ from dgm.models.diffusion.common import (
     build_network,
     check_sample_steps,
     discretized_gaussian_log_prob,
+    level_posterior_mean,
 )
 from dgm.models.diffusion.samplers import (
     Denoiser,
@@ -78,7 +79,10 @@ class DDPMConfig(NetworkConfig, OdeEvalConfig):
         steps: T, the number of latent levels.
         schedule: ``vp_linear`` (β from 1e-4 to 0.02 at T = 1000, Ho et al.) or ``vp_cosine``
             (Nichol & Dhariwal).
-        prediction: what the network predicts: ``noise`` (ε), ``data`` (x) or ``v``.
+        prediction: what the network predicts: ``noise`` (ε), ``data`` (x), ``v``, or
+            ``levels`` (discrete data: logits over the levels per coordinate, x̂ the posterior
+            mean :func:`~.common.level_posterior_mean`, exact at small noise; L_simple is
+            then the ε-error of the implied ε̂).
         variance: the reverse steps' variance: ``large`` (β_i), ``small`` (β̃_i) or
             ``learned`` (needs ``loss`` vlb or hybrid).
         loss: ``simple``, ``vlb`` or ``hybrid``.
@@ -96,7 +100,7 @@ class DDPMConfig(NetworkConfig, OdeEvalConfig):
 
     steps: int = 1000
     schedule: Literal["vp_linear", "vp_cosine"] = "vp_linear"
-    prediction: Literal["noise", "data", "v"] = "noise"
+    prediction: Literal["noise", "data", "v", "levels"] = "noise"
     variance: Literal["small", "large", "learned"] = "large"
     loss: Literal["simple", "vlb", "hybrid"] = "simple"
     hybrid_weight: float = 0.001
@@ -114,8 +118,8 @@ class DDPMConfig(NetworkConfig, OdeEvalConfig):
         if self.schedule not in ("vp_linear", "vp_cosine"):
             raise ConfigError(f"model.schedule must be vp_linear or vp_cosine, got "
                               f"{self.schedule!r}")
-        if self.prediction not in ("noise", "data", "v"):
-            raise ConfigError(f"model.prediction must be noise, data or v, got "
+        if self.prediction not in ("noise", "data", "v", "levels"):
+            raise ConfigError(f"model.prediction must be noise, data, v or levels, got "
                               f"{self.prediction!r}")
         if self.variance not in ("small", "large", "learned"):
             raise ConfigError(f"model.variance must be small, large or learned, got "
@@ -153,7 +157,12 @@ class DDPM(ContinuousTimeModel):
         self.config = config
         self.schedule = make_schedule(config.schedule)
         learned = config.variance == "learned"
-        self.net = build_network(spec, config, outputs=2 if learned else 1)
+        if config.prediction == "levels" and not self.discrete:
+            raise ConfigError("model.prediction levels needs discrete data (it predicts a "
+                              "distribution over the levels)")
+        self._mean_outputs = self.num_levels if config.prediction == "levels" else 1
+        self.net = build_network(spec, config,
+                                 outputs=self._mean_outputs + (1 if learned else 0))
         T = config.steps
         times = torch.arange(T + 1, dtype=torch.float64) / T
         with torch.no_grad():
@@ -185,12 +194,20 @@ class DDPM(ContinuousTimeModel):
         """(x̂, ε̂, raw variance output or None) at level i (N,) long."""
         t = i.to(z.dtype) / self.config.steps
         out = self.guided(self.net, z, t, y, guidance)
-        var_out = None
-        if self.config.variance == "learned":
-            out, var_out = out.chunk(2, dim=1)
         ab = self._at(self.abar, i, z)
-        x_hat, eps_hat = to_data_and_noise(Prediction(self.config.prediction), out, z,
-                                           ab.sqrt(), (1 - ab).sqrt())
+        return self._read(out, z, ab.sqrt(), (1 - ab).sqrt())
+
+    def _read(self, out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(x̂, ε̂, raw variance output or None) from the network's output at z_t = αx + σε."""
+        parts = out.chunk(self._mean_outputs + (self.config.variance == "learned"), dim=1)
+        var_out = parts[-1] if self.config.variance == "learned" else None
+        if self.config.prediction == "levels":
+            correction = torch.stack(parts[:self.num_levels], dim=1)
+            x_hat = level_posterior_mean(z, alpha, sigma, correction, self.num_levels)
+            return x_hat, (z - alpha * x_hat) / sigma, var_out
+        x_hat, eps_hat = to_data_and_noise(Prediction(self.config.prediction), parts[0], z,
+                                           alpha, sigma)
         return x_hat, eps_hat, var_out
 
     @staticmethod
@@ -295,10 +312,13 @@ class DDPM(ContinuousTimeModel):
         z = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         t = i.to(z.dtype) / self.config.steps
         out = self.net(z, t, labels)
-        if self.config.variance == "learned":
-            out = out.chunk(2, dim=1)[0]
-        target = from_data_and_noise(Prediction(self.config.prediction), x0, noise, ab.sqrt(),
-                                     (1 - ab).sqrt())
+        if self.config.prediction == "levels":
+            out, target = self._read(out, z, ab.sqrt(), (1 - ab).sqrt())[1], noise
+        else:
+            if self.config.variance == "learned":
+                out = out.chunk(2, dim=1)[0]
+            target = from_data_and_noise(Prediction(self.config.prediction), x0, noise,
+                                         ab.sqrt(), (1 - ab).sqrt())
         simple = (out - target).pow(2).reshape(n, -1).mean(1)
         if self.config.loss == "simple":
             return simple
@@ -316,10 +336,9 @@ class DDPM(ContinuousTimeModel):
             tb = t.reshape(-1, *([1] * (z.dim() - 1)))
             alpha, sigma = self.schedule.alpha_sigma(tb)
             out = self.guided(self.net, z, t, y, guidance)
-            if self.config.variance == "learned":
-                out, cache["var"] = out.chunk(2, dim=1)
-            x_hat, eps_hat = to_data_and_noise(Prediction(self.config.prediction), out, z,
-                                               alpha, sigma)
+            x_hat, eps_hat, var_out = self._read(out, z, alpha, sigma)
+            if var_out is not None:
+                cache["var"] = var_out
             if not clip:
                 return x_hat, eps_hat
             clipped = self._clip(x_hat)

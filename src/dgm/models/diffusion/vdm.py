@@ -43,6 +43,7 @@ from dgm.models.diffusion.common import (
     OdeEvalConfig,
     build_network,
     check_sample_steps,
+    level_posterior_mean,
 )
 from dgm.models.diffusion.samplers import Denoiser, ancestral, ddim, probability_flow
 
@@ -61,6 +62,11 @@ class VDMConfig(NetworkConfig, OdeEvalConfig):
         schedule: ``learned`` (monotone network, ends trained) or ``fixed`` (γ linear in t).
         schedule_hidden: width of the schedule network.
         bound_draws: (t, ε) draws per example when scoring the bound (stratified in t).
+        prediction: ``noise`` (the network predicts ε, as in VDM) or ``levels`` (discrete
+            data: the network predicts logits h_k per coordinate and level, and
+            x̂ = E[x | z] with p(x = c_k | z) ∝ N(z | α c_k, σ²) e^{h_k}
+            (:func:`~.common.level_posterior_mean`), ε̂ = (z - α x̂)/σ: exact at small noise,
+            where an ε-network must learn to round).
         sampler: ``ancestral``, ``ddim`` or an ODE solver (probability-flow ODE).
         sample_steps: default sampler steps.
         eta: DDIM's η.
@@ -71,6 +77,7 @@ class VDMConfig(NetworkConfig, OdeEvalConfig):
     schedule: Literal["learned", "fixed"] = "learned"
     schedule_hidden: int = 1024
     bound_draws: int = 16
+    prediction: Literal["noise", "levels"] = "noise"
     sampler: str = "ancestral"
     sample_steps: int = 256
     eta: float = 0.0
@@ -88,6 +95,9 @@ class VDMConfig(NetworkConfig, OdeEvalConfig):
             raise ConfigError(f"model.sampler must be one of {', '.join(VDM_SAMPLERS)}")
         if self.eta < 0:
             raise ConfigError(f"model.eta must be >= 0, got {self.eta}")
+        if self.prediction not in ("noise", "levels"):
+            raise ConfigError(f"model.prediction must be noise or levels, got "
+                              f"{self.prediction!r}")
 
 
 @register_model("vdm", VDMConfig)
@@ -114,7 +124,11 @@ class VDM(ContinuousTimeModel):
                 self.schedule.l1.weight.fill_(math.log(math.expm1(1.0)))
                 self.schedule.l1.bias.zero_()
                 self.schedule.l3.weight.fill_(-40.0)
-        self.net = build_network(spec, config)
+        if config.prediction == "levels" and not self.discrete:
+            raise ConfigError("model.prediction levels needs discrete data (it predicts a "
+                              "distribution over the levels)")
+        levels = config.prediction == "levels"
+        self.net = build_network(spec, config, outputs=self.num_levels if levels else 1)
 
     def bound_name(self) -> str:
         decoder = "levels decoder" if self.discrete else "Gaussian decoder"
@@ -172,7 +186,7 @@ class VDM(ContinuousTimeModel):
         sigma = torch.sigmoid(gamma).sqrt().reshape(shape)
         eps = torch.randn_like(x0)
         z = alpha * x0 + sigma * eps
-        eps_hat = self.net(z, t, y)
+        eps_hat = self._eps_hat(z, t, y, alpha, sigma)
         diffusion = 0.5 * slope * (eps - eps_hat).pow(2).reshape(n, -1).sum(1)
         return prior, recon, diffusion
 
@@ -215,10 +229,21 @@ class VDM(ContinuousTimeModel):
 
     # --- sampling -----------------------------------------------------------------------------
 
+    def _eps_hat(self, z: Tensor, t: Tensor, y: Tensor | None, alpha: Tensor, sigma: Tensor,
+                 guidance: float = 1.0) -> Tensor:
+        """ε̂(z, t): the network's output, or (``prediction: levels``) the noise implied by the
+        posterior mean over the levels."""
+        out = self.guided(self.net, z, t, y, guidance)
+        if self.config.prediction == "noise":
+            return out
+        correction = out.reshape(z.shape[0], self.num_levels, *z.shape[1:])
+        x_hat = level_posterior_mean(z, alpha, sigma, correction, self.num_levels)
+        return (z - alpha * x_hat) / sigma
+
     def _denoiser(self, y: Tensor | None, guidance: float) -> Denoiser:
         def denoise(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             alpha, sigma = self.schedule.alpha_sigma(t.reshape(-1, *([1] * (z.dim() - 1))))
-            eps_hat = self.guided(self.net, z, t, y, guidance)
+            eps_hat = self._eps_hat(z, t, y, alpha, sigma, guidance)
             return (z - sigma * eps_hat) / alpha, eps_hat
 
         return denoise
