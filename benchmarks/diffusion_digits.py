@@ -88,6 +88,11 @@ def save(data: dict[str, Any]) -> None:
 
 
 def put(data: dict[str, Any], table: str, row: dict[str, Any], *keys: str) -> None:
+    """Replace the row with the same ``keys`` and save; rows written meanwhile by another
+    invocation (``--only`` streams run side by side) are read back first and kept."""
+    on_disk = read_results()
+    for name in ("likelihood", "samplers"):
+        data[name] = on_disk.get(name, [])
     data[table] = [r for r in data[table] if any(r.get(k) != row.get(k) for k in keys)]
     data[table].append(row)
     save(data)
