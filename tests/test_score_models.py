@@ -445,3 +445,27 @@ def test_the_evaluator_labels_the_ode_estimate(digits) -> None:
     assert result.nll_nats > 0  # a bound on the NLL of 17-level data
     with pytest.raises(ConfigError):
         dgm.eval.likelihood.evaluate(build_model("ncsn", digits.spec, TINY), split)
+
+
+@pytest.mark.parametrize("name,options,expected", [
+    ("ncsn", {"noise_levels": 3, "steps_per_level": 2, "final_denoise": True}, 3 * 2 + 1),
+    ("score_sde", {"sampler": "euler_maruyama", "sample_steps": 4}, None),
+    ("flow_matching", {"sampler": "euler", "sample_steps": 4}, 4),
+    ("cnf", {"sampler": "rk4", "sample_steps": 2}, 8),
+    ("ddpm", {"steps": 6}, None),
+    ("vdm", {"sample_steps": 4, "schedule_hidden": 8}, None),
+])
+def test_every_sampler_reports_its_network_evaluations(name: str, options: dict,
+                                                       expected: int | None) -> None:
+    """``last_sample_nfe`` is what ``dgm sample`` prints and the NFE-quality table records."""
+    from dgm.core.spec import DataKind, DataSpec
+
+    spec = DataSpec((4,), DataKind.DISCRETE, num_levels=5)
+    m = build_model(name, spec, {"network": "mlp", "hidden": 16, "num_hidden": 1,
+                                 "time_dim": 8, **options})
+    m.eval()
+    s = m.sample(3)
+    assert s.shape == (3, 4)
+    assert m.last_sample_nfe > 0
+    if expected is not None:
+        assert m.last_sample_nfe == expected

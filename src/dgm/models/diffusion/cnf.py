@@ -202,6 +202,7 @@ class OdeFlowModel(ContinuousTimeModel):
         z1 = self.base_noise(n, generator)
         sol = self.integrate(z1, labels, guidance=guidance, solver=solver, steps=steps)
         assert isinstance(sol.state, Tensor)
+        self.last_sample_nfe = sol.nfe
         return self.to_data(sol.state)
 
 

@@ -85,7 +85,8 @@ class FlowMatchingConfig(OdeFlowConfig):
     Args:
         path: ``"lipman"``, ``"icfm"`` or ``"rectified"`` (= icfm with sigma 0).
         sigma: lipman: σ_min in [0, 1); icfm: the constant σ >= 0 of the path's noise (the
-            book's σ_const, 0.1 in its figures); rectified: must be 0.
+            book's σ_const, 0.1 in its figures); rectified: must be 0. Default: 0 for
+            rectified, 0.1 otherwise.
         coupling: ``"independent"`` or ``"ot"`` (minibatch OT pairs; icfm and rectified).
         reflow_pairs: size of the buffer of (x̂0, x1) teacher pairs for reflow (0: no reflow;
             the pairs come from :meth:`FlowMatching.make_reflow_pairs`).
@@ -98,7 +99,7 @@ class FlowMatchingConfig(OdeFlowConfig):
     """
 
     path: Literal["lipman", "icfm", "rectified"] = "icfm"
-    sigma: float = 0.1
+    sigma: float | None = None
     coupling: Literal["independent", "ot"] = "independent"
     reflow_pairs: int = 0
     teacher: str | None = None
@@ -111,6 +112,8 @@ class FlowMatchingConfig(OdeFlowConfig):
         super().__post_init__()
         if self.path not in PATHS:
             raise ConfigError(f"model.path must be one of {', '.join(PATHS)}, got {self.path!r}")
+        if self.sigma is None:
+            object.__setattr__(self, "sigma", 0.0 if self.path == "rectified" else 0.1)
         if self.coupling not in COUPLINGS:
             raise ConfigError(f"model.coupling must be one of {', '.join(COUPLINGS)}, "
                               f"got {self.coupling!r}")

@@ -347,6 +347,7 @@ class NCSN(ContinuousTimeModel):
             x = annealed_langevin(x0, score_fn, self.sigmas, steps_per_level=per_level,
                                   epsilon=c.epsilon, generator=generator,
                                   final_denoise=c.final_denoise)
+        self.last_sample_nfe = len(self.sigmas) * per_level + int(c.final_denoise)
         return self.to_data(x)
 
 
@@ -596,6 +597,7 @@ class ScoreSDE(ContinuousTimeModel):
             z = self.schedule.prior_std() * torch.randn(
                 shape, generator=generator, device=self.device, dtype=self.dtype)
             out = self._run_sampler(name, denoise, z, steps, eta, generator)
+        self.last_sample_nfe = out.nfe
         return self.to_data(out.x_hat)
 
     def _run_sampler(self, name: str, denoise: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
