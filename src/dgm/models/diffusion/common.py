@@ -189,6 +189,10 @@ def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) ->
                        time_scale=config.time_scale, outputs=outputs)
 
 
+#: (x, labels, generator) -> (y0 ~ q(y0 | x) in the model space, log P(x | y0) - log q(y0 | x))
+Dequantizer = Callable[[Tensor, "Tensor | None", "torch.Generator | None"], tuple[Tensor, Tensor]]
+
+
 def level_posterior_mean(z: Tensor, alpha: Tensor, sigma: Tensor, correction: Tensor,
                          num_levels: int) -> Tensor:
     r"""x̂ = E[x | z] for data on the bin centres c_k = (2k + 1)/L - 1 of [-1, 1], coordinate by
@@ -361,12 +365,20 @@ class ContinuousTimeModel(GenerativeModel):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         what: str = "",
+        dequantizer: Dequantizer | None = None,
+        dequantization: str = "uniform dequantization",
     ) -> LikelihoodEstimate:
         """log P(x) (discrete data: its dequantization bound) from the ODE
         dz/dt = velocity(t, z, labels) carrying the model space at t0 to the base at t1,
         averaged over ``eval_draws`` dequantization draws, with its standard error (Hutchinson
         probes and draws). Solved ``eval_chunk`` examples at a time, each chunk with its own
-        slice of ``labels`` (None: unconditional), so that memory stays bounded."""
+        slice of ``labels`` (None: unconditional), so that memory stays bounded.
+
+        ``dequantizer(x, labels, generator) -> (y0, c)`` draws y0 ~ q(y0 | x) in the model
+        space with the correction c = log P(x | y0) - log q(y0 | x), so that
+        log P(x) >= E_q[log p_ODE(y0) + c]; the default is uniform dequantization into the
+        bins (c = D log(2/L)), or the standardization of continuous data. ``dequantization``
+        names it in the label."""
         self.check_input(x)
         n = x.shape[0]
         size = max(1, config.eval_chunk)
@@ -381,14 +393,18 @@ class ContinuousTimeModel(GenerativeModel):
 
             draws, probe_vars = [], []
             for _ in range(config.eval_draws):
+                if dequantizer is None:
+                    y0, correction = self.dequantize(xc, generator), self.log_jacobian()
+                else:
+                    y0, correction = dequantizer(xc, lab, generator)
                 res = ode_log_likelihood(
-                    field, self.dequantize(xc, generator), base_log_prob, t0=t0, t1=t1,
+                    field, y0, base_log_prob, t0=t0, t1=t1,
                     solver=config.eval_solver, steps=config.eval_steps, rtol=config.eval_rtol,
                     atol=config.eval_atol, divergence=config.eval_divergence,
                     num_probes=config.eval_probes, chunk=None,
                     max_steps=config.eval_step_limit, generator=generator,
                 )
-                draws.append(res.log_prob + self.log_jacobian())
+                draws.append(res.log_prob + correction)
                 probe_vars.append(res.stderr**2 if res.stderr is not None
                                   else torch.zeros_like(res.log_prob))
                 nfe += res.nfe * xc.shape[0]
@@ -403,7 +419,7 @@ class ContinuousTimeModel(GenerativeModel):
             note = f"{what}; {note}"
         if self.discrete:
             k = config.eval_draws
-            note += f"; uniform dequantization, {k} draw{'s' if k > 1 else ''}"
+            note += f"; {dequantization}, {k} draw{'s' if k > 1 else ''}"
         if (config.eval_divergence == "hutchinson" and config.eval_probes == 1
                 and config.eval_draws == 1):
             note += ("; one probe gives no error bar per example: its noise is only in the "
@@ -422,11 +438,19 @@ class ContinuousTimeModel(GenerativeModel):
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         what: str = "",
+        decoder: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
     ) -> LikelihoodEstimate:
         """:meth:`ode_estimate` of the probability-flow ODE of a Gaussian-path denoiser from
         ``t_min`` to t = 1 (base N(0, σ_1² I)), integrated in log-SNR time
         (:func:`~dgm.models.diffusion.samplers.log_snr_field`); ``denoiser(labels)`` gives the
-        denoiser of a chunk's labels."""
+        denoiser of a chunk's labels.
+
+        On discrete data with a ``decoder(x, ε, labels) = log P(x | z)`` at
+        z = α_{t_min} x + σ_{t_min} ε, the dequantization is the forward process itself:
+        z ~ q(z | x) = N(α x, σ² I) and log P(x) >= E_q[log p_ODE(z) + log P(x | z)
+        - log q(z | x)] (the diffusion model's own decoder; a model trained on the levels
+        puts its ODE density near them, where uniform noise over the bins lands in its
+        tails)."""
         from dgm.models.diffusion.samplers import log_snr_field
 
         ends = schedule.log_snr(torch.tensor([t_min, 1.0], device=x.device)).detach()
@@ -435,10 +459,28 @@ class ContinuousTimeModel(GenerativeModel):
         def velocity(s: Tensor, z: Tensor, lab: Tensor | None) -> Tensor:
             return log_snr_field(denoiser(lab), schedule)(s, z)
 
+        dequantizer, dequantization = None, "uniform dequantization"
+        if self.discrete and decoder is not None:
+            with torch.no_grad():
+                a, s = schedule.alpha_sigma(torch.tensor(t_min, device=x.device))
+            alpha, sigma = float(a), float(s)
+
+            def dequantizer(xc: Tensor, lab: Tensor | None, gen: torch.Generator | None
+                            ) -> tuple[Tensor, Tensor]:
+                x0 = self.to_model_space(xc)
+                eps = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+                log_q = standard_normal_log_prob(eps) - eps[0].numel() * math.log(sigma)
+                with torch.no_grad():
+                    log_dec = decoder(xc, eps, lab)
+                return alpha * x0 + sigma * eps, log_dec - log_q
+
+            dequantization = (f"Gaussian dequantization by the forward process at t = "
+                              f"{t_min:g} (σ = {sigma:.3g}) with the model's decoder")
         return self.ode_estimate(
             x, velocity, lambda z: standard_normal_log_prob(z, var), config,
             t0=float(ends[0]), t1=float(ends[1]), labels=labels, generator=generator,
             what=what or f"probability-flow ODE from t = {t_min:g} to 1 in log-SNR time",
+            dequantizer=dequantizer, dequantization=dequantization,
         )
 
     def extra_repr(self) -> str:

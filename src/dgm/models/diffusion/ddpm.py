@@ -404,9 +404,15 @@ class DDPM(ContinuousTimeModel):
         """log P(x) of the probability-flow ODE of the network on the continuous schedule,
         from t = 1/T (where the bound's decoder sits) to t = 1 (base N(0, I))."""
         labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+
+        def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
+            """log P(x | z_1), the bound's L_0 decoder, at z_1 = √ᾱ_1 x + √(1 - ᾱ_1) ε."""
+            first = torch.ones(xc.shape[0], dtype=torch.long, device=xc.device)
+            return -self._term(xc, self._space(xc), first, lab, noise=eps, clip=True)
+
         return self.flow_estimate(x, lambda lab: self._denoiser(lab, 1.0, {}, clip=False),
                                   self.schedule, self.config, t_min=1 / self.config.steps,
-                                  labels=labels, generator=generator,
+                                  labels=labels, generator=generator, decoder=decoder,
                                   what="probability-flow ODE of the DDPM network from t = 1/T "
                                   "to 1 in log-SNR time")
 

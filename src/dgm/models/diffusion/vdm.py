@@ -296,6 +296,15 @@ class VDM(ContinuousTimeModel):
         """log P(x) of the probability-flow ODE of the network from t = 0 to t = 1 (its
         decoder replaced by the dequantization bound)."""
         labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+
+        def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
+            """log P(x | z_0), the bound's decoder, at z_0 = α_0 x + σ_0 ε."""
+            g0 = self.schedule.gamma_0
+            x0 = self.to_model_space(xc)
+            return self._decoder_log_prob(xc, torch.sigmoid(-g0).sqrt() * x0
+                                          + torch.sigmoid(g0).sqrt() * eps)
+
         return self.flow_estimate(x, lambda lab: self._denoiser(lab, 1.0), self.schedule,
                                   self.config, t_min=0.0, labels=labels, generator=generator,
+                                  decoder=decoder,
                                   what="probability-flow ODE of the VDM network in log-SNR time")
