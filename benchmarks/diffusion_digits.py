@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
         model = open_run(run_dir).load_model()
         model.eval()
         base = {"model": name, "fingerprint": fp, "params": model.num_parameters(),
-                "train_cpu_s": info.get("cpu_s"), "epochs": info.get("epochs"),
+                "train_cpu_s": info.get("cpu_s"), "epochs": info.get("epochs_completed"),
                 "best_epoch": info.get("best_epoch")}
         print(f"{name}: {how} in {run_dir}", flush=True)
         have = {(r["model"], r.get("method"), r.get("fingerprint")) for r in results["likelihood"]}

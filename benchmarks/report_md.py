@@ -514,7 +514,9 @@ def _diffusion_digits(data: dict) -> str:
         "Test split, nats per image in the 17-level space; every number says what it is: a "
         "diffusion bound (an upper bound on the NLL: DDPM's T KL terms ending in a decoder "
         "discretized into the levels, VDM's continuous-time bound) or an ODE likelihood (an "
-        "estimate, with the estimator's standard error, of the uniform-dequantization bound). "
+        "estimate of a dequantization bound: uniform for the models trained on dequantized "
+        "digits, the forward process with the model's decoder for DDPM and VDM; ± is the "
+        "spread over images, est. the Hutchinson estimator's own standard error). "
         f"Ladder: independent per-pixel {a['independent']}, mixture of 40 categoricals "
         f"{a['mixture40']}, zuko NSF {a['zuko_nsf']}, our best flow (nsf_ar) {a['nsf_ar']}, our "
         f"best ARM (pixelcnn) {a['pixelcnn']}; the book's diffusion model about "
@@ -530,10 +532,11 @@ def _diffusion_digits(data: dict) -> str:
             out.append(f"| {r['model']} | {r['method']} | error: {r['error']} | | | | | | | |")
             continue
         se = f"{r['stderr_nats']:.2f}"
-        if r.get("estimator_stderr_nats") is not None:
+        if r.get("estimator_stderr_nats"):
             se += f" (est. {r['estimator_stderr_nats']:.2f})"
         nfe = "–" if not r.get("nfe") else f"{r['nfe']:.0f}"
-        train = (f"{_fmt(r.get('train_cpu_s'), 0)}, {r.get('epochs')} ({r.get('best_epoch')})")
+        epochs = r.get("epochs") or "–"
+        train = f"{_fmt(r.get('train_cpu_s'), 0)}, {epochs} ({r.get('best_epoch')})"
         out.append(f"| {r['model']} | {r['method']} | {r['nll_nats']:.2f} | {se} "
                    f"| {r['bpd']:.3f} | {r['label']} | {nfe} | {r['cpu_s']:.0f} "
                    f"| {r['params']:,} | {train} |")
