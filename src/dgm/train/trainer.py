@@ -211,6 +211,9 @@ class _Trainer:
         self.val_method = self.monitor.name
         self.state = _State()
         if not resume and base_run is None:
+            teacher = getattr(self.model, "teacher_run", None)
+            if teacher is not None:  # a reflow student: its pairs come from a trained run
+                self.model.set_teacher(open_run(teacher).load_model())  # type: ignore[attr-defined]
             init_gen = torch.Generator().manual_seed(tc.seed + 1)
             x_init = self._init_subset(init_gen)
             self.model.initialize_from_data(x_init, init_gen)

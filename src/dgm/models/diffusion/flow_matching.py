@@ -189,6 +189,7 @@ class FlowMatching(OdeFlowModel):
         super().__init__(spec, config)
         self.config: FlowMatchingConfig = config
         self.straight = StraightLine(config.sigma) if config.path == "lipman" else None
+        self._teachers: list[OdeFlowModel] = []
         n = config.reflow_pairs
         if n:
             self.register_buffer("reflow_x0", torch.zeros(n, *spec.event_shape))
@@ -207,6 +208,18 @@ class FlowMatching(OdeFlowModel):
         sigma = f", σ={c.sigma:g}" if c.path != "rectified" else ""
         ot = ", OT coupling" if c.coupling == "ot" else ""
         return f"flow matching ({c.path} path{sigma}{ot})"
+
+    @property
+    def teacher_run(self) -> str | None:
+        """The run directory of the reflow teacher (``model.teacher``), for the trainer."""
+        return self.config.teacher
+
+    def set_teacher(self, teacher: OdeFlowModel) -> None:
+        """Hand over the loaded teacher; its pairs are made in :meth:`initialize_from_data`."""
+        if not isinstance(teacher, OdeFlowModel):
+            raise ConfigError(f"model.teacher {self.config.teacher} holds a "
+                              f"{type(teacher).__name__}, not an ODE flow")
+        self._teachers = [teacher]  # a list: not a submodule, not saved with the student
 
     @property
     def has_reflow_pairs(self) -> bool:
@@ -331,13 +344,10 @@ class FlowMatching(OdeFlowModel):
         in the teacher's model space, which :meth:`make_reflow_pairs` copied); with a
         ``teacher`` run, its pairs are made here."""
         if self.config.teacher is not None and not self.has_reflow_pairs:
-            from dgm.runs import open_run  # the runs module imports the models
-
-            teacher = open_run(self.config.teacher).load_model()
-            if not isinstance(teacher, OdeFlowModel):
-                raise ConfigError(f"model.teacher {self.config.teacher} holds a "
-                                  f"{type(teacher).__name__}, not an ODE flow")
-            self.make_reflow_pairs(teacher, steps=self.config.reflow_steps,
+            if not self._teachers:
+                raise ConfigError("model.teacher is loaded by the trainer (dgm train); in "
+                                  "Python, call make_reflow_pairs(teacher) instead")
+            self.make_reflow_pairs(self._teachers.pop(), steps=self.config.reflow_steps,
                                    solver=self.config.reflow_solver, generator=generator)
         if self.has_reflow_pairs:
             self.check_input(x)
