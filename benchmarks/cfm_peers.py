@@ -63,9 +63,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_result  # noqa: E402
-from toy_flows import grid_box  # noqa: E402
+from toy_flows import density_grid, grid_box  # noqa: E402
 
 from dgm.core.registry import build_model  # noqa: E402
+from dgm.core.solvers import solve_ode  # noqa: E402
 from dgm.data import load  # noqa: E402
 from dgm.eval.quality import compare  # noqa: E402
 from dgm.models.diffusion.flow_matching import FlowMatching, minibatch_ot  # noqa: E402
@@ -208,25 +209,13 @@ def likelihood(model: FlowMatching, x: Tensor) -> dict[str, Any]:
 def trajectories(model: FlowMatching, z1: Tensor, steps: int = 40) -> np.ndarray:
     """Heun paths from the base (t = 1) to the data (t = 0), in data coordinates:
     (steps + 1, N, 2)."""
-    ts = torch.linspace(1.0, 0.0, steps + 1)
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
     z, out = z1, [z1]
-    n = z1.shape[0]
-    for a, b in zip(ts[:-1], ts[1:]):
-        h = b - a
-        k1 = model.velocity(z, a.expand(n))
-        k2 = model.velocity(z + h * k1, b.expand(n))
-        z = z + h / 2 * (k1 + k2)
+    for a, b in zip(ts[:-1], ts[1:]):  # one Heun step of the library's solver per interval
+        z = solve_ode(lambda t, s: model.velocity(s, t.expand(s.shape[0])), z, a, b,
+                      solver="heun", steps=1).state
         out.append(z)
     return torch.stack([model.to_data(s) for s in out]).numpy()
-
-
-def density_grid(model: FlowMatching, box: tuple[float, float, float, float], size: int
-                 ) -> np.ndarray:
-    """exp(log p) by our ODE likelihood on a size x size lattice over ``box``."""
-    gx, gy = np.meshgrid(np.linspace(box[0], box[1], size), np.linspace(box[2], box[3], size))
-    pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
-    logp = model.log_prob_estimate(pts).log_prob
-    return torch.exp(logp.double()).reshape(size, size).numpy()
 
 
 def run_toy(toy: str, torchcfm: Any, args: argparse.Namespace, box: tuple[float, ...]

@@ -89,12 +89,13 @@ def grid_box(x: Tensor) -> tuple[float, float, float, float]:
 
 
 @torch.no_grad()
-def density_grid(model: GenerativeModel, box: tuple[float, float, float, float]) -> np.ndarray:
-    """exp(log p) on a GRID x GRID lattice over ``box`` (rows: y from low to high)."""
-    gx, gy = np.meshgrid(np.linspace(box[0], box[1], GRID), np.linspace(box[2], box[3], GRID))
+def density_grid(model: GenerativeModel, box: tuple[float, float, float, float],
+                 size: int = GRID) -> np.ndarray:
+    """exp(log p) on a size x size lattice over ``box`` (rows: y from low to high)."""
+    gx, gy = np.meshgrid(np.linspace(box[0], box[1], size), np.linspace(box[2], box[3], size))
     pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
     logp = torch.cat([model.log_prob(chunk) for chunk in pts.split(4096)])
-    return torch.exp(logp.double()).reshape(GRID, GRID).numpy()
+    return torch.exp(logp.double()).reshape(size, size).numpy()
 
 
 def run_one(entry: str, toy: str, args: argparse.Namespace, workdir: Path,
