@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dgm.core.errors import ConfigError
+from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.data.dataset import Split
@@ -272,3 +272,25 @@ def test_levels_prediction_makes_the_low_noise_terms_free(digits) -> None:
                               clip=True).mean()) for i in (1, 2)]
     assert costs["levels"][0] < 1e-6 and costs["levels"][1] < 1.0
     assert costs["noise"][1] > 20 * costs["levels"][1]  # L_1: 38.6 vs 0.28 nats
+
+
+@pytest.mark.parametrize("name", ["ddpm", "vdm"])
+def test_conditional_model_without_labels_scores_the_unconditional_model(digits, name) -> None:
+    """log_prob(x) of a class-conditional model with y None is the null label's log p(x), as
+    for the CNF and score models, not log p(x | some class) for classes taken in turn."""
+    options = {"steps": 5} if name == "ddpm" else {"schedule_hidden": 8, "bound_draws": 2}
+    m = build_model(name, digits.spec, conditional=True, **options, **TINY)
+    _randomize(m)
+    m.eval()
+    x = digits.test.x[:4]
+    null = torch.full((4,), 10)
+
+    def score(y):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return m.log_prob(x, y)
+
+    torch.testing.assert_close(score(None), score(null))
+    assert not torch.allclose(score(None), score(torch.arange(4)))
+    with pytest.raises(DataError):
+        m.log_prob(x, torch.zeros(3, dtype=torch.long))

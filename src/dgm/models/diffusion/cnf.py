@@ -138,11 +138,6 @@ class OdeFlowModel(ContinuousTimeModel):
 
     # --- likelihood ---------------------------------------------------------------------------
 
-    def _eval_labels(self, x: Tensor, y: Tensor | None) -> Tensor | None:
-        if not self.num_classes or y is None:
-            return None  # unconditional, or the null label: log p(x)
-        return y.long().to(x.device)
-
     def log_prob_estimate(
         self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> LikelihoodEstimate:
@@ -150,7 +145,7 @@ class OdeFlowModel(ContinuousTimeModel):
         standard error, and a note on the solver, trace and dequantization."""
         return self.ode_estimate(
             x, lambda t, z, lab: self.net(z, t, lab), self.base_log_prob, self.config,
-            t0=0.0, t1=1.0, labels=self._eval_labels(x, y), generator=generator,
+            t0=0.0, t1=1.0, labels=self.likelihood_labels(x, y), generator=generator,
             what=self.describe(),
         )
 

@@ -336,6 +336,15 @@ class ContinuousTimeModel(GenerativeModel):
             raise DataError(f"y must have shape ({n},), got {tuple(y.shape)}")
         return y.long().to(self.loc.device)
 
+    def likelihood_labels(self, x: Tensor, y: Tensor | None) -> Tensor | None:
+        """Labels to score x with: ``y`` (log p(x | y)), or None (the null label: the
+        unconditional model's log p(x)) when y is None or the model is unconditional."""
+        if not self.num_classes or y is None:
+            return None
+        if y.shape != (x.shape[0],):
+            raise DataError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+        return y.long().to(x.device)
+
     def guided(self, net: Callable[..., Tensor], z: Tensor, t: Tensor, y: Tensor | None,
                guidance: float) -> Tensor:
         """net(z, t, y) with classifier-free guidance of scale ``guidance`` (1: plain

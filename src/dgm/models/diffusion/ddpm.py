@@ -269,7 +269,7 @@ class DDPM(ContinuousTimeModel):
         """Minus the variational bound, -(L_T + Σ_{i≥2} L_{i-1} + L_0), per example (nats)."""
         self.check_input(x)
         x0 = self._space(x)
-        labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+        labels = self.likelihood_labels(x, y)
         T = self.config.steps
         n = x.shape[0]
         total = self.prior_term(x0)
@@ -403,7 +403,7 @@ class DDPM(ContinuousTimeModel):
                           generator: torch.Generator | None = None) -> LikelihoodEstimate:
         """log P(x) of the probability-flow ODE of the network on the continuous schedule,
         from t = 1/T (where the bound's decoder sits) to t = 1 (base N(0, I))."""
-        labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+        labels = self.likelihood_labels(x, y)
 
         def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
             """log P(x | z_1), the bound's L_0 decoder, at z_1 = √ᾱ_1 x + √(1 - ᾱ_1) ε."""

@@ -632,12 +632,9 @@ class ScoreSDE(ContinuousTimeModel):
             return standard_normal_log_prob(z, var)
 
         what = f"probability-flow ODE of the {c.sde} SDE"
-        labels = None
-        if self.num_classes:
-            labels = (torch.full((x.shape[0],), self.num_classes, device=x.device) if y is None
-                      else y.long().to(x.device))
-        return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0, labels=labels,
-                                 generator=generator, what=what)
+        return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0,
+                                 labels=self.likelihood_labels(x, y), generator=generator,
+                                 what=what)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The probability-flow ODE likelihood (:meth:`log_prob_estimate`), (N,)."""

@@ -217,7 +217,7 @@ class VDM(ContinuousTimeModel):
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Minus the bound, averaged over ``bound_draws`` stratified draws of t per example."""
         self.check_input(x)
-        labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+        labels = self.likelihood_labels(x, y)
         m = self.config.bound_draws
         total = torch.zeros(x.shape[0], device=x.device)
         u = torch.rand(x.shape[0], device=x.device)
@@ -295,7 +295,7 @@ class VDM(ContinuousTimeModel):
                           generator: torch.Generator | None = None) -> LikelihoodEstimate:
         """log P(x) of the probability-flow ODE of the network from t = 0 to t = 1 (its
         decoder replaced by the dequantization bound)."""
-        labels = self.sampling_labels(x.shape[0], y) if self.num_classes else None
+        labels = self.likelihood_labels(x, y)
 
         def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
             """log P(x | z_0), the bound's decoder, at z_0 = α_0 x + σ_0 ε."""
