@@ -45,8 +45,8 @@ from dgm.runs import INFO, open_run  # noqa: E402
 
 OUT = RESULTS / "diffusion_digits.json"
 
-#: per model: its likelihood methods, and its samplers as (solver, steps) (steps None: the
-#: model's default or an adaptive solver)
+#: per model (the preset configs/<name>_digits.yaml): its likelihood methods, and its samplers
+#: as (solver, steps) (steps None: the model's default or an adaptive solver)
 PLAN: dict[str, dict[str, Any]] = {
     "vdm": {"methods": ["bound", "estimate"],
             "samplers": [("ancestral", 256), ("ancestral", 1000), ("ddim", 10), ("ddim", 20),
@@ -62,6 +62,12 @@ PLAN: dict[str, dict[str, Any]] = {
     "flow_matching": {"methods": ["estimate"],
                       "samplers": [("euler", 5), ("euler", 20), ("heun", 5), ("heun", 25),
                                    ("rk4", 10), ("dopri5", None)]},
+    "flow_matching_levels": {"methods": ["estimate"],
+                             "samplers": [("euler", 20), ("heun", 10), ("heun", 25),
+                                          ("rk4", 10), ("dopri5", None)]},
+    "score_sde_levels": {"methods": ["estimate"],
+                         "samplers": [("euler_maruyama", 500), ("pc", 250), ("ddim", 50),
+                                      ("heun", 25), ("dopri5", None)]},
     "cnf": {"methods": ["estimate"],
             "samplers": [("rk4", 10), ("dopri5", None)]},
     "ncsn": {"methods": [], "samplers": [("langevin", None)]},

@@ -127,10 +127,15 @@ class OdeFlowModel(ContinuousTimeModel):
         """log N(z | 0, s² I) per example."""
         return standard_normal_log_prob(z, self.base_std() ** 2)
 
+    def field(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """v_θ(t, z | y), t of shape (N,): the network's output (subclasses may read it
+        otherwise)."""
+        return self.net(z, t, y)
+
     def velocity(self, z: Tensor, t: Tensor, y: Tensor | None = None, guidance: float = 1.0
                  ) -> Tensor:
         """v_θ(t, z | y) with classifier-free guidance of scale ``guidance``; t of shape (N,)."""
-        return self.guided(self.net, z, t, y, guidance)
+        return self.guided(self.field, z, t, y, guidance)
 
     def describe(self) -> str:
         """What the model is, for the label of its likelihood."""
@@ -144,7 +149,8 @@ class OdeFlowModel(ContinuousTimeModel):
         """log P(x) by the ODE likelihood (a dequantization bound on discrete data), its
         standard error, and a note on the solver, trace and dequantization."""
         return self.ode_estimate(
-            x, lambda t, z, lab: self.net(z, t, lab), self.base_log_prob, self.config,
+            x, lambda t, z, lab: self.field(z, t.expand(z.shape[0]), lab), self.base_log_prob,
+            self.config,
             t0=0.0, t1=1.0, labels=self.likelihood_labels(x, y), generator=generator,
             what=self.describe(),
         )

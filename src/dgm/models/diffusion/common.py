@@ -52,6 +52,11 @@ __all__ = [
     "ContinuousTimeModel",
     "build_network",
     "discretized_gaussian_log_prob",
+    "level_centres",
+    "level_decoder_log_prob",
+    "level_decoder_sample",
+    "level_posterior_mean",
+    "read_levels",
     "standard_normal_log_prob",
     "check_sample_steps",
 ]
@@ -193,6 +198,48 @@ def build_network(spec: DataSpec, config: NetworkConfig, *, outputs: int = 1) ->
 Dequantizer = Callable[[Tensor, "Tensor | None", "torch.Generator | None"], tuple[Tensor, Tensor]]
 
 
+def level_centres(num_levels: int, like: Tensor) -> Tensor:
+    """The bin centres c_k = (2k + 1)/L - 1 of the L levels in [-1, 1], (L,)."""
+    k = torch.arange(num_levels, device=like.device, dtype=like.dtype)
+    return (2 * k + 1) / num_levels - 1
+
+
+def level_decoder_logits(z: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                         num_levels: int) -> Tensor:
+    r"""log N(z | α c_k, σ²) up to a constant, (*z.shape, L): the logits of the decoder
+    p(x = k | z) ∝ N(z | α c_k, σ²) over the levels (VDM's decoder, Kingma et al. 2021)."""
+    centres = level_centres(num_levels, z)
+    return -0.5 * ((z.unsqueeze(-1) - alpha * centres) / sigma) ** 2
+
+
+def level_decoder_log_prob(x: Tensor, z: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                           num_levels: int) -> Tensor:
+    """log p(x | z) per example of the decoder of :func:`level_decoder_logits`, the sum over
+    coordinates of log softmax at the levels ``x`` (integers); a pmf over the levels, so a
+    bound that ends in it bounds the discrete NLL."""
+    logp = torch.log_softmax(level_decoder_logits(z, alpha, sigma, num_levels), -1)
+    picked = logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
+    return picked.reshape(x.shape[0], -1).sum(1)
+
+
+def level_decoder_sample(z: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                         num_levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """A draw of the levels (integers, z's shape) from the decoder of
+    :func:`level_decoder_logits`."""
+    probs = torch.softmax(level_decoder_logits(z, alpha, sigma, num_levels), -1)
+    k = torch.multinomial(probs.reshape(-1, num_levels), 1, generator=generator)
+    return k.reshape(z.shape)
+
+
+def read_levels(out: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor, num_levels: int
+                ) -> tuple[Tensor, Tensor]:
+    """(x̂, ε̂) from a network's logits over the levels, ``out`` of shape (N, L·C, ...) or
+    (N, L·D): x̂ the posterior mean of :func:`level_posterior_mean`, ε̂ = (z - α x̂)/σ."""
+    correction = out.reshape(z.shape[0], num_levels, *z.shape[1:])
+    x_hat = level_posterior_mean(z, alpha, sigma, correction, num_levels)
+    return x_hat, (z - alpha * x_hat) / sigma
+
+
 def level_posterior_mean(z: Tensor, alpha: Tensor, sigma: Tensor, correction: Tensor,
                          num_levels: int) -> Tensor:
     r"""x̂ = E[x | z] for data on the bin centres c_k = (2k + 1)/L - 1 of [-1, 1], coordinate by
@@ -204,8 +251,7 @@ def level_posterior_mean(z: Tensor, alpha: Tensor, sigma: Tensor, correction: Te
     the network predicts. At small σ the likelihood alone picks the nearest level, so the
     denoiser is exact there whatever h is; the network only has to learn the noisy middle.
     ``alpha``, ``sigma`` broadcast against z."""
-    levels = torch.arange(num_levels, device=z.device, dtype=z.dtype)
-    centres = ((2 * levels + 1) / num_levels - 1).reshape(1, -1, *([1] * (z.dim() - 1)))
+    centres = level_centres(num_levels, z).reshape(1, -1, *([1] * (z.dim() - 1)))
     za, a, s = z.unsqueeze(1), alpha.expand_as(z).unsqueeze(1), sigma.expand_as(z).unsqueeze(1)
     logits = -0.5 * ((za - a * centres) / s) ** 2 + correction
     return (torch.softmax(logits, dim=1) * centres).sum(1)
@@ -444,15 +490,18 @@ class ContinuousTimeModel(GenerativeModel):
         config: OdeEvalConfig,
         *,
         t_min: float,
+        t_max: float = 1.0,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
         what: str = "",
         decoder: Callable[[Tensor, Tensor, Tensor | None], Tensor] | None = None,
     ) -> LikelihoodEstimate:
         """:meth:`ode_estimate` of the probability-flow ODE of a Gaussian-path denoiser from
-        ``t_min`` to t = 1 (base N(0, σ_1² I)), integrated in log-SNR time
+        ``t_min`` to ``t_max`` (base N(0, σ_{t_max}² I)), integrated in log-SNR time
         (:func:`~dgm.models.diffusion.samplers.log_snr_field`); ``denoiser(labels)`` gives the
-        denoiser of a chunk's labels.
+        denoiser of a chunk's labels. ``t_max`` < 1 serves paths whose α_1 is 0 (flow
+        matching's straight line: log SNR(1) = -∞); the base is part of the ODE model's
+        definition, so any t_max gives a valid likelihood of it.
 
         On discrete data with a ``decoder(x, ε, labels) = log P(x | z)`` at
         z = α_{t_min} x + σ_{t_min} ε, the dequantization is the forward process itself:
@@ -462,8 +511,9 @@ class ContinuousTimeModel(GenerativeModel):
         tails)."""
         from dgm.models.diffusion.samplers import log_snr_field
 
-        ends = schedule.log_snr(torch.tensor([t_min, 1.0], device=x.device)).detach()
-        var = schedule.prior_std() ** 2
+        ends = schedule.log_snr(torch.tensor([t_min, t_max], device=x.device)).detach()
+        with torch.no_grad():
+            var = float(schedule.alpha_sigma(torch.tensor(t_max, device=x.device))[1]) ** 2
 
         def velocity(s: Tensor, z: Tensor, lab: Tensor | None) -> Tensor:
             return log_snr_field(denoiser(lab), schedule)(s, z)
@@ -488,7 +538,7 @@ class ContinuousTimeModel(GenerativeModel):
         return self.ode_estimate(
             x, velocity, lambda z: standard_normal_log_prob(z, var), config,
             t0=float(ends[0]), t1=float(ends[1]), labels=labels, generator=generator,
-            what=what or f"probability-flow ODE from t = {t_min:g} to 1 in log-SNR time",
+            what=what or f"probability-flow ODE from t = {t_min:g} to {t_max:g} in log-SNR time",
             dequantizer=dequantizer, dequantization=dequantization,
         )
 

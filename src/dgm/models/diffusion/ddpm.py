@@ -57,7 +57,7 @@ from dgm.models.diffusion.common import (
     build_network,
     check_sample_steps,
     discretized_gaussian_log_prob,
-    level_posterior_mean,
+    read_levels,
 )
 from dgm.models.diffusion.samplers import (
     Denoiser,
@@ -203,9 +203,9 @@ class DDPM(ContinuousTimeModel):
         parts = out.chunk(self._mean_outputs + (self.config.variance == "learned"), dim=1)
         var_out = parts[-1] if self.config.variance == "learned" else None
         if self.config.prediction == "levels":
-            correction = torch.stack(parts[:self.num_levels], dim=1)
-            x_hat = level_posterior_mean(z, alpha, sigma, correction, self.num_levels)
-            return x_hat, (z - alpha * x_hat) / sigma, var_out
+            x_hat, eps_hat = read_levels(torch.cat(parts[:self.num_levels], dim=1), z, alpha,
+                                         sigma, self.num_levels)
+            return x_hat, eps_hat, var_out
         x_hat, eps_hat = to_data_and_noise(Prediction(self.config.prediction), parts[0], z,
                                            alpha, sigma)
         return x_hat, eps_hat, var_out

@@ -19,6 +19,15 @@ Eq. 9.60-9.62), and the ODE dz/dt = E[u_t | z_t] carries the data to the noise. 
 with squared Euclidean cost (:func:`minibatch_ot`; Tong et al.'s OT-CFM), which straightens the
 paths. The likelihood is the ODE likelihood of the learned field (:mod:`.cnf`).
 
+Discrete data, ``prediction: levels``: on the lipman path (a Gaussian path, α_t = 1 - t,
+σ_t = σ + (1 - σ) t) the marginal velocity is α'_t E[x | z_t] + σ'_t E[ε | z_t], so the network
+may give E[x | z_t] instead of the velocity: logits over the L levels per coordinate, combined
+with each level's Gaussian likelihood into the posterior mean
+(:func:`~dgm.models.diffusion.common.level_posterior_mean`), exact at small noise. Trained on
+the levels themselves, the flow's start z_0 = x + σ ε is a Gaussian dequantization of the data,
+and log P(x) >= E[log p_ODE(z_0) + log p(x | z_0) - log q(z_0 | x)] with the decoder
+p(x | z_0) ∝ N(z_0 | c_x, σ²) (VDM's; Kingma et al. 2021).
+
 Reflow (Liu et al. 2023): :meth:`FlowMatching.make_reflow_pairs` integrates a trained
 teacher's ODE from noise x1 to x̂0 and stores the pairs; the loss then regresses on the path
 between the stored pairs instead of (data, fresh noise), so that the new flow's paths are
@@ -36,21 +45,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from dgm.core.capabilities import LikelihoodEstimate
 from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.schedules import StraightLine, broadcast_time
 from dgm.core.spec import DataSpec
 from dgm.models.diffusion.cnf import OdeFlowConfig, OdeFlowModel, check_solver
+from dgm.models.diffusion.common import build_network, level_decoder_log_prob, read_levels
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "minibatch_ot", "PATHS", "COUPLINGS"]
 
 PATHS = ("lipman", "icfm", "rectified")
+#: the end of the straight path's likelihood ODE with ``prediction: levels`` (α_1 = 0 there)
+T_MAX = 1.0 - 1e-6
 COUPLINGS = ("independent", "ot")
 
 
@@ -95,6 +108,14 @@ class FlowMatchingConfig(OdeFlowConfig):
             teacher's sampler) and its network is the student's start, so that
             ``dgm train flow_matching --set model.teacher=RUN model.reflow_pairs=N`` is one
             reflow round (Liu et al.'s 2-rectified flow from a 1-rectified RUN).
+        prediction: ``"velocity"`` (the network is v_θ) or ``"levels"`` (discrete data, the
+            lipman path with σ_min > 0): the network gives logits h over the L levels per
+            coordinate, x̂ = E[x | z_t] is the posterior mean with p(x = c_k | z_t) ∝
+            N(z_t | α_t c_k, σ_t²) e^{h_k} (:func:`~.common.level_posterior_mean`), ε̂ =
+            (z_t - α_t x̂)/σ_t and v_θ = α'_t x̂ + σ'_t ε̂. The model trains on the levels
+            themselves (no dequantization): z_0 = x + σ_min ε is then the forward process's
+            Gaussian dequantization, scored with the decoder p(x | z_0) ∝ N(z_0 | c_x, σ_min²),
+            as VDM's. The regression loss becomes ||x̂ - x||²/σ_t².
         sampler, sample_steps: the ODE solver of ``sample`` (default heun, 50 steps).
     """
 
@@ -105,11 +126,15 @@ class FlowMatchingConfig(OdeFlowConfig):
     teacher: str | None = None
     reflow_solver: str | None = None
     reflow_steps: int | None = None
+    prediction: Literal["velocity", "levels"] = "velocity"
     sampler: str = "heun"
     sample_steps: int = 50
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prediction not in ("velocity", "levels"):
+            raise ConfigError(f"model.prediction must be velocity or levels, got "
+                              f"{self.prediction!r}")
         if self.path not in PATHS:
             raise ConfigError(f"model.path must be one of {', '.join(PATHS)}, got {self.path!r}")
         if self.sigma is None:
@@ -137,6 +162,11 @@ class FlowMatchingConfig(OdeFlowConfig):
             check_solver(self.reflow_solver, "model.reflow_solver")
         if self.reflow_steps is not None and self.reflow_steps < 1:
             raise ConfigError(f"model.reflow_steps must be >= 1, got {self.reflow_steps}")
+        if self.prediction == "levels" and (self.path != "lipman" or not self.sigma
+                                            or self.reflow_pairs):
+            raise ConfigError("model.prediction levels needs the Gaussian path lipman with "
+                              "sigma (σ_min) > 0 and no reflow: its denoiser is the posterior "
+                              "over the levels given z_t = (1 - t) x + (σ_min + (1 - σ_min) t) ε")
 
 
 @register_model("flow_matching", FlowMatchingConfig)
@@ -189,6 +219,13 @@ class FlowMatching(OdeFlowModel):
         super().__init__(spec, config)
         self.config: FlowMatchingConfig = config
         self.straight = StraightLine(config.sigma) if config.path == "lipman" else None
+        self.levels = config.prediction == "levels"
+        if self.levels:
+            if not self.discrete:
+                raise ConfigError("model.prediction levels needs discrete data (it predicts a "
+                                  "distribution over the levels)")
+            self.net = build_network(spec, config, outputs=self.num_levels)
+            self.dequantization = None
         self._teachers: list[OdeFlowModel] = []
         n = config.reflow_pairs
         if n:
@@ -207,7 +244,25 @@ class FlowMatching(OdeFlowModel):
         c = self.config
         sigma = f", σ={c.sigma:g}" if c.path != "rectified" else ""
         ot = ", OT coupling" if c.coupling == "ot" else ""
-        return f"flow matching ({c.path} path{sigma}{ot})"
+        levels = ", levels posterior" if self.levels else ""
+        return f"flow matching ({c.path} path{sigma}{ot}{levels})"
+
+    def field(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """v_θ(t, z | y): the network, or α'_t x̂ + σ'_t ε̂ from its logits over the levels."""
+        if not self.levels:
+            return self.net(z, t, y)
+        assert self.straight is not None
+        x_hat, eps_hat = self.denoise(z, t, y)
+        d_alpha, d_sigma = self.straight.derivatives(broadcast_time(t, z))
+        return d_alpha * x_hat + d_sigma * eps_hat
+
+    def denoise(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x̂, ε̂) = (E[x | z_t], E[ε | z_t]) from the network's logits over the levels
+        (``prediction: levels``), t of shape (N,)."""
+        if self.straight is None or not self.levels:
+            raise ConfigError("denoise needs model.prediction levels")
+        alpha, sigma = self.straight.alpha_sigma(broadcast_time(t, z))
+        return read_levels(self.net(z, t, y), z, alpha, sigma, self.num_levels)
 
     @property
     def teacher_run(self) -> str | None:
@@ -253,7 +308,7 @@ class FlowMatching(OdeFlowModel):
             idx = torch.randint(self.config.reflow_pairs, (x.shape[0],), device=x.device)
             stored = self.reflow_y[idx] if self.num_classes else None
             return self.reflow_x0[idx], self.reflow_x1[idx], self.training_labels(stored)
-        x0 = self.dequantize(x)
+        x0 = self.to_model_space(x) if self.levels else self.dequantize(x)
         x1 = torch.randn_like(x0)
         if self.config.coupling == "ot":
             x1 = x1[minibatch_ot(x0, x1)]
@@ -266,8 +321,35 @@ class FlowMatching(OdeFlowModel):
         t = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)
         eps = torch.randn_like(x0) if self.config.path == "icfm" and self.config.sigma else None
         z, u = self.conditional_path(x0, x1, t, eps)
-        pred = self.net(z, t, labels)
+        pred = self.field(z, t, labels)
         return (pred - u).pow(2).reshape(x0.shape[0], -1).sum(1)
+
+    # --- likelihood --------------------------------------------------------------------------
+
+    def log_prob_estimate(
+        self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> LikelihoodEstimate:
+        """The ODE likelihood (:class:`~.cnf.OdeFlowModel`); with ``prediction: levels``, the
+        probability-flow ODE of the straight path in log-SNR time from t = 0 to 1 - 10⁻⁶
+        (α_1 = 0 has log SNR -∞), dequantized by the forward process z_0 = x + σ_min ε with
+        the decoder p(x | z_0) ∝ N(z_0 | c_x, σ_min²)
+        (:meth:`~.common.ContinuousTimeModel.flow_estimate`)."""
+        if not self.levels:
+            return super().log_prob_estimate(x, y, generator=generator)
+        assert self.straight is not None
+        sigma_min = self.config.sigma
+
+        def denoiser(lab: Tensor | None) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+            return lambda z, t: self.denoise(z, t, lab)
+
+        def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
+            z0 = self.to_model_space(xc) + sigma_min * eps
+            return level_decoder_log_prob(xc, z0, 1.0, sigma_min, self.num_levels)
+
+        return self.flow_estimate(x, denoiser, self.straight, self.config, t_min=0.0,
+                                  t_max=T_MAX, labels=self.likelihood_labels(x, y),
+                                  generator=generator, decoder=decoder,
+                                  what=f"{self.describe()}, in log-SNR time")
 
     # --- reflow ------------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ from dgm.models.diffusion.common import (
     OdeEvalConfig,
     build_network,
     check_sample_steps,
+    level_decoder_log_prob,
+    read_levels,
     standard_normal_log_prob,
 )
 from dgm.models.diffusion.samplers import (
@@ -370,7 +372,12 @@ class ScoreSDEConfig(NetworkConfig, OdeEvalConfig):
             too little noise to forget data in [-1, 1], so that N(0, σ_1² I) is a poor prior.
         t_eps: the smallest time trained on, sampled to and scored at (σ_0 = 0 for the VP,
             sub-VP and book paths, where the score is singular: they need t_eps > 0).
-        prediction: what the network outputs: ``"noise"`` ε or ``"v"`` = α ε - σ x.
+        prediction: what the network outputs: ``"noise"`` ε, ``"v"`` = α ε - σ x, or
+            ``"levels"`` (discrete data): logits over the levels per coordinate, x̂ the
+            posterior mean over the levels (:func:`~.common.level_posterior_mean`), exact at
+            small noise. The model then trains on the levels themselves, and its likelihood
+            dequantizes by the forward process at t_ε with the decoder p(x | z) ∝
+            N(z | α c_x, σ²) (as VDM's).
         weighting: ``"sigma2"`` (λ = σ_t², the loss ½||ε̂ - ε||²) or ``"likelihood"``
             (λ = g²(t), the loss ½ g²/σ² ||ε̂ - ε||²: the NLL bound's score-matching term).
         importance_sampling: with the likelihood weighting, draw t uniformly in log SNR (the
@@ -393,7 +400,7 @@ class ScoreSDEConfig(NetworkConfig, OdeEvalConfig):
     sigma_max: float = 50.0
     ve_base: float = 25.0
     t_eps: float = 1e-5
-    prediction: Literal["noise", "v"] = "noise"
+    prediction: Literal["noise", "v", "levels"] = "noise"
     weighting: Literal["sigma2", "likelihood"] = "sigma2"
     importance_sampling: bool = True
     sampler: str = "euler_maruyama"
@@ -414,8 +421,9 @@ class ScoreSDEConfig(NetworkConfig, OdeEvalConfig):
         if self.t_eps == 0 and self.sde != "ve":
             raise ConfigError(f"the {self.sde} path has σ_0 = 0, where the score is singular: "
                               "model.t_eps must be > 0 (e.g. 1e-5)")
-        if self.prediction not in ("noise", "v"):
-            raise ConfigError(f"model.prediction must be noise or v, got {self.prediction!r}")
+        if self.prediction not in ("noise", "v", "levels"):
+            raise ConfigError(f"model.prediction must be noise, v or levels, got "
+                              f"{self.prediction!r}")
         if self.weighting not in ("sigma2", "likelihood"):
             raise ConfigError("model.weighting must be sigma2 or likelihood, got "
                               f"{self.weighting!r}")
@@ -486,10 +494,14 @@ class ScoreSDE(ContinuousTimeModel):
     def __init__(self, spec: DataSpec, config: ScoreSDEConfig) -> None:
         super().__init__(spec, config)
         self.config = config
-        self.dequantization = "uniform" if self.discrete else None
+        self.levels = config.prediction == "levels"
+        if self.levels and not self.discrete:
+            raise ConfigError("model.prediction levels needs discrete data (it predicts a "
+                              "distribution over the levels)")
+        self.dequantization = "uniform" if self.discrete and not self.levels else None
         self.schedule = config.make_schedule()
-        self.prediction = Prediction(config.prediction)
-        self.net = build_network(spec, config)
+        self.prediction = None if self.levels else Prediction(config.prediction)
+        self.net = build_network(spec, config, outputs=self.num_levels if self.levels else 1)
 
     @property
     def prior_var(self) -> float:
@@ -509,6 +521,12 @@ class ScoreSDE(ContinuousTimeModel):
         t = self._time(t)
         alpha, sigma = self.schedule.alpha_sigma(broadcast_time(t, z))
         pred = self.guided(self.net, z, t, y, guidance)
+        return self._read(pred, z, alpha, sigma)
+
+    def _read(self, pred: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor
+              ) -> tuple[Tensor, Tensor]:
+        if self.prediction is None:
+            return read_levels(pred, z, alpha, sigma, self.num_levels)
         return to_data_and_noise(self.prediction, pred, z, alpha, sigma)
 
     def score(self, z: Tensor, t: Tensor, y: Tensor | None = None, guidance: float = 1.0
@@ -547,16 +565,16 @@ class ScoreSDE(ContinuousTimeModel):
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Denoising score matching per example (N,): w(t) ½||ε̂ - ε||² at a drawn t with
-        z_t = α_t x + σ_t ε, x the dequantized data (see ``weighting``)."""
+        z_t = α_t x + σ_t ε, x the dequantized data, or the levels themselves with
+        ``prediction: levels`` (see ``weighting``)."""
         self.check_input(x)
         labels = self.training_labels(y)
-        x0 = self.dequantize(x)
+        x0 = self.to_model_space(x) if self.levels else self.dequantize(x)
         t, weight = self._draw_times(x0.shape[0], x0)
         eps = torch.randn_like(x0)
         alpha, sigma = self.schedule.alpha_sigma(broadcast_time(t, x0))
         z = alpha * x0 + sigma * eps
-        pred = self.net(z, t, labels)
-        _, eps_hat = to_data_and_noise(self.prediction, pred, z, alpha, sigma)
+        _, eps_hat = self._read(self.net(z, t, labels), z, alpha, sigma)
         return weight * denoising_score_matching(eps_hat, eps)
 
     # --- sampling ------------------------------------------------------------------------------
@@ -632,9 +650,22 @@ class ScoreSDE(ContinuousTimeModel):
             return standard_normal_log_prob(z, var)
 
         what = f"probability-flow ODE of the {c.sde} SDE"
+        labels = self.likelihood_labels(x, y)
+        if self.levels:
+            with torch.no_grad():
+                a, s = self.schedule.alpha_sigma(torch.tensor(c.t_eps, device=x.device))
+            alpha, sigma = float(a), float(s)
+
+            def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
+                z = alpha * self.to_model_space(xc) + sigma * eps
+                return level_decoder_log_prob(xc, z, alpha, sigma, self.num_levels)
+
+            return self.flow_estimate(
+                x, lambda lab: lambda z, t: self.denoise(z, t, lab), self.schedule, c,
+                t_min=c.t_eps, labels=labels, generator=generator, decoder=decoder,
+                what=f"{what} (levels posterior) in log-SNR time")
         return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0,
-                                 labels=self.likelihood_labels(x, y), generator=generator,
-                                 what=what)
+                                 labels=labels, generator=generator, what=what)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The probability-flow ODE likelihood (:meth:`log_prob_estimate`), (N,)."""

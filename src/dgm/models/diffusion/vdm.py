@@ -43,7 +43,9 @@ from dgm.models.diffusion.common import (
     OdeEvalConfig,
     build_network,
     check_sample_steps,
-    level_posterior_mean,
+    level_decoder_log_prob,
+    level_decoder_sample,
+    read_levels,
 )
 from dgm.models.diffusion.samplers import Denoiser, ancestral, ddim, probability_flow
 
@@ -160,12 +162,7 @@ class VDM(ContinuousTimeModel):
             x0 = self.to_model_space(x)
             lp = log_normal_diag(x0, mean, log_var.expand_as(x0))
             return lp.reshape(x.shape[0], -1).sum(1)
-        levels = torch.arange(self.num_levels, device=x.device, dtype=z0.dtype)
-        centres = (2 * levels + 1) / self.num_levels - 1
-        logits = -0.5 * (z0.unsqueeze(-1) - alpha0 * centres) ** 2 / var0  # (N, ..., L)
-        logp = torch.log_softmax(logits, -1)
-        picked = logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
-        return picked.reshape(x.shape[0], -1).sum(1)
+        return level_decoder_log_prob(x, z0, alpha0, var0.sqrt(), self.num_levels)
 
     def _bound_terms(self, x: Tensor, y: Tensor | None, t: Tensor,
                      holder: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -236,9 +233,7 @@ class VDM(ContinuousTimeModel):
         out = self.guided(self.net, z, t, y, guidance)
         if self.config.prediction == "noise":
             return out
-        correction = out.reshape(z.shape[0], self.num_levels, *z.shape[1:])
-        x_hat = level_posterior_mean(z, alpha, sigma, correction, self.num_levels)
-        return (z - alpha * x_hat) / sigma
+        return read_levels(out, z, alpha, sigma, self.num_levels)[1]
 
     def _denoiser(self, y: Tensor | None, guidance: float) -> Denoiser:
         def denoise(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,11 +251,7 @@ class VDM(ContinuousTimeModel):
             std = (var0 / alpha0**2).sqrt()
             noise = torch.randn(z0.shape, generator=generator, device=z0.device)
             return self.to_data(z0 / alpha0 + std * noise)
-        levels = torch.arange(self.num_levels, device=z0.device, dtype=z0.dtype)
-        centres = (2 * levels + 1) / self.num_levels - 1
-        logits = -0.5 * (z0.unsqueeze(-1) - alpha0 * centres) ** 2 / var0
-        probs = torch.softmax(logits, -1).reshape(-1, self.num_levels)
-        k = torch.multinomial(probs, 1, generator=generator).reshape(z0.shape)
+        k = level_decoder_sample(z0, alpha0, var0.sqrt(), self.num_levels, generator)
         return k.to(self.spec.dtype)
 
     @torch.no_grad()
