@@ -1,7 +1,7 @@
 """Benchmark: our flow matching beside the peer library torchcfm 1.0.7, trained side by side.
 
     python benchmarks/cfm_peers.py [--toys moons eight_gaussians checkerboard] [--steps 2500]
-        [--digits] [--digits-steps 3000] [--seed 0] [--render-only]
+        [--digits] [--digits-steps 3000] [--digits-seeds 0 1 2] [--seed 0] [--render-only]
 
 Two pairs, each trained twice from the same network (our velocity MLP, the same initialization
 seed), optimizer (Adam 1e-3, no EMA), batches (one seeded order of the training split), number of
@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import itertools
 import json
 import math
 import subprocess
@@ -281,27 +282,27 @@ def run_digits(torchcfm: Any, args: argparse.Namespace
     net = feature_net("digits")
     sigma = DIGITS_MODEL["sigma"]
     rows = []
-    for side in SIDES:
+    for seed, side in itertools.product(args.digits_seeds or [args.seed], SIDES):
         model = make_model(ds.spec, DIGITS_MODEL, "ot" if side == "ours" else "independent",
-                           x_train, args.seed)
+                           x_train, seed)
         matcher = make_matcher(torchcfm, "ot", sigma) if side == "torchcfm" else None
         fit = train(model, side, matcher, x_train, steps=args.digits_steps, batch=128,
-                    lr=args.lr, seed=args.seed)
+                    lr=args.lr, seed=seed)
         lik = likelihood(model, x_test)
-        gen = torch.Generator().manual_seed(args.seed + 2)
+        gen = torch.Generator().manual_seed(seed + 2)
         z1 = model.base_noise(args.digits_samples, gen)
         c0 = time.process_time()
         sol = model.integrate(z1, solver="heun", steps=50)
         sample_cpu = time.process_time() - c0
         r = compare(real, model.to_data(sol.state), dataset="digits", spec=ds.spec,
-                    metrics=["fd", "kid", "pr"], split="test", seed=args.seed, net=net)
+                    metrics=["fd", "kid", "pr"], split="test", seed=seed, net=net)
         dim = ds.spec.dim
         row = {
             "data": "digits", "pair": "ot", "side": side,
             "method": ("dgm flow_matching icfm σ=0, coupling ot" if side == "ours"
                        else "torchcfm.ExactOptimalTransportConditionalFlowMatcher(sigma=0)"),
             "sigma": sigma, "steps": args.digits_steps, "batch": 128, "lr": args.lr,
-            "seed": args.seed, "params": model.num_parameters(), **fit, **lik,
+            "seed": seed, "params": model.num_parameters(), **fit, **lik,
             "bpd": lik["nats"] / (dim * math.log(2)), "n_test": len(x_test),
             "sample_solver": "heun", "sample_steps": 50, "sample_nfe": sol.nfe,
             "sample_cpu_s": sample_cpu, "n_samples": args.digits_samples,
@@ -309,7 +310,7 @@ def run_digits(torchcfm: Any, args: argparse.Namespace
             "recall": r.recall, "feature_net": r.feature_net,
         }
         rows.append(row)
-        print(f"digits ot {side}: {row['nats']:.2f} ± {row['nats_stderr']:.2f} nats/image "
+        print(f"digits ot {side} seed {seed}: {row['nats']:.2f} ± {row['nats_stderr']:.2f} nats/image "
               f"({row['bpd']:.3f} bits/dim, NFE {row['lik_nfe']:.0f}), FD {r.fd:.2f}, "
               f"KID {r.kid:.4f}, P {r.precision:.3f} R {r.recall:.3f}, "
               f"{1e3 * fit['cpu_s_per_step']:.1f} CPU ms/step", flush=True)
@@ -418,6 +419,8 @@ def main() -> None:
     p.add_argument("--digits-steps", type=int, default=3000)
     p.add_argument("--digits-samples", type=int, default=1000)
     p.add_argument("--digits-test", type=int, default=0, help="first N test images (0: all)")
+    p.add_argument("--digits-seeds", type=int, nargs="*", default=None,
+                   help="seeds of the digits pair (default: --seed); each trains both sides")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render-only", action="store_true",
                    help="redraw the figure and BENCHMARKS.md from the last results")

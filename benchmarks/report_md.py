@@ -79,6 +79,13 @@ def _mnist(data: dict) -> str:
             f"| {iw} | {r['epochs']} ({r['best_epoch']}) | {r['wall_s']:.0f} | {r['cpu_s']:.0f} "
             f"| {r['params']:,} | {r.get('budget', '')} |"
         )
+    for r in data["rows"]:
+        if "ode_nats" in r:
+            out += ["", f"{r['model']} on {r['data']}, the probability-flow ODE likelihood of the "
+                    f"same network: {r['ode_nats']:.2f} ± {r['ode_stderr']:.2f} nats/image "
+                    f"({r['ode_bpd']:.4f} bits/dim, {r['ode_nfe']:.0f} function evaluations per "
+                    f"solve) [{r['ode_label']}], beside its bound "
+                    f"{r['subset_bound_nats']:.2f} on the same images."]
     if data.get("notes"):
         out += ["", data["notes"]]
     out.append("")
@@ -565,6 +572,25 @@ def _diffusion_digits(data: dict) -> str:
     return "\n".join(out)
 
 
+def _paired_seeds(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
+    """A line of ours - torchcfm per key over the seeds that ran both (mean ± sd), or none."""
+    sides = {(r.get("seed", 0), r["side"]): r for r in rows}
+    seeds = sorted({s for s, side in sides if (s, "ours") in sides and (s, "torchcfm") in sides})
+    if len(seeds) < 2:
+        return []
+    parts = []
+    for key in keys:
+        d = [sides[(s, "ours")][key] - sides[(s, "torchcfm")][key] for s in seeds]
+        mean = sum(d) / len(d)
+        sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5
+        scale = 1e3 if key == "cpu_s_per_step" else 1.0
+        name = {"nats": "test nats", "fd": "FD", "precision": "precision",
+                "cpu_s_per_step": "CPU ms/step"}[key]
+        parts.append(f"{name} {scale * mean:+.2f} (sd {scale * sd:.2f})")
+    return ["", f"Ours minus torchcfm, paired by seed ({len(seeds)} seeds: "
+            f"{', '.join(map(str, seeds))}), mean (sd over seeds): " + "; ".join(parts) + "."]
+
+
 def _cfm_peers(data: dict) -> str:
     v, parts = data["versions"], data.get("parts", {})
     by = {(r["data"], r["pair"], r["side"]): r for r in data["rows"]}
@@ -652,9 +678,10 @@ def _cfm_peers(data: dict) -> str:
                 "data, each side's density by our ODE likelihood on a "
                 f"{tp['grid']}x{tp['grid']} grid, and OT-CFM sample paths of both sides)."]
     dp = parts.get("digits")
-    drows = [by.get(("digits", "ot", s)) for s in ("ours", "torchcfm")]
+    drows = sorted((r for r in data["rows"] if r["data"] == "digits"),
+                   key=lambda r: (r.get("seed", 0), r["side"] != "ours"))
     out.append("")
-    if dp and all(drows):
+    if dp and drows:
         a = dp["anchors"]
         out += [
             f"**8x8 digits, OT pair** (σ = 0; MLP {dp['model']['hidden']} x "
@@ -667,15 +694,17 @@ def _cfm_peers(data: dict) -> str:
             f"{a['mixture40']} (exact). Sample quality: {dp['n_samples']} samples by Heun, 50 "
             "steps, on the digits feature net.",
             "",
-            "| side | test nats (estimate of bound) | bits/dim | likelihood NFE | FD | KID ± se "
-            "| precision | recall | CPU ms/step |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| side | seed | test nats (estimate of bound) | bits/dim | likelihood NFE | FD "
+            "| KID ± se | precision | recall | CPU ms/step |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in drows:
-            out.append(f"| {r['side']} | {r['nats']:.2f} ± {r['nats_stderr']:.2f} "
+            out.append(f"| {r['side']} | {r.get('seed', 0)} | {r['nats']:.2f} ± "
+                       f"{r['nats_stderr']:.2f} "
                        f"| {r['bpd']:.3f} | {r['lik_nfe']:.0f} | {r['fd']:.2f} "
                        f"| {r['kid']:.4f} ± {r['kid_stderr']:.4f} | {r['precision']:.3f} "
                        f"| {r['recall']:.3f} | {1e3 * r['cpu_s_per_step']:.1f} |")
+        out += _paired_seeds(drows, ("nats", "fd", "precision", "cpu_s_per_step"))
         for t in dp.get("ot_timing", []):
             out += ["", f"The OT pairing alone on digits, CPU ms per batch of {t['batch']} "
                     f"dequantized images ({t['dim']}-D) against noise: ours "
