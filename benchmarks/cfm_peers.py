@@ -27,11 +27,12 @@ MMD² (Gaussian kernel, median heuristic) ± its jackknife standard error of 200
 the 2000 test points (adaptive dopri5, and Euler with 5 steps to show how straight the paths
 are), CPU seconds per training step (the OT solve included) and the samplers' NFE.
 
-Digits (``--digits``; the OT pair only, σ = 0, the flow_matching_digits preset's MLP 512 x 3,
-batch 128): the ODE likelihood on the 447 test images (an estimate of the uniform-dequantization
-bound, nats per image and bits/dim) and FD / KID / precision / recall of 1000 samples (Heun, 50
-steps) on the shipped digits feature net. Left out by default: an estimated 6-8 CPU minutes more
-(35 ms per step, about a minute or two per side for the exact-trace likelihood in 64-D).
+Digits (``--digits``; the OT pair only, σ = 0, the MLP 512 x 3 of the
+flow_matching_dequantized_digits preset, batch 128): the ODE likelihood on the 447 test images (an
+estimate of the uniform-dequantization bound, nats per image and bits/dim) and FD / KID / precision
+/ recall of 1000 samples (Heun, 50 steps) on the shipped digits feature net. Left out by default:
+an estimated 6-8 CPU minutes more (35 ms per step, about a minute or two per side for the exact-
+trace likelihood in 64-D).
 
 torchcfm is installed, if it cannot be imported, with ``pip install --no-deps --target
 benchmarks/results/tmp/peers torchcfm==1.0.7 pot==0.9.7`` (its own dependency list pulls a stale
@@ -310,7 +311,8 @@ def run_digits(torchcfm: Any, args: argparse.Namespace
             "recall": r.recall, "feature_net": r.feature_net,
         }
         rows.append(row)
-        print(f"digits ot {side} seed {seed}: {row['nats']:.2f} ± {row['nats_stderr']:.2f} nats/image "
+        print(f"digits ot {side} seed {seed}: {row['nats']:.2f} ± {row['nats_stderr']:.2f} "
+              "nats/image "
               f"({row['bpd']:.3f} bits/dim, NFE {row['lik_nfe']:.0f}), FD {r.fd:.2f}, "
               f"KID {r.kid:.4f}, P {r.precision:.3f} R {r.recall:.3f}, "
               f"{1e3 * fit['cpu_s_per_step']:.1f} CPU ms/step", flush=True)

@@ -1,18 +1,18 @@
 """Benchmark: what an ODE likelihood costs, by solver, tolerance, trace estimator and chunk size.
 
-    python benchmarks/ode_cost.py [--models flow_matching vdm] [--n 64]
+    python benchmarks/ode_cost.py [--models flow_matching_dequantized vdm] [--n 64]
 
-For each trained digits preset (the runs of ``diffusion_digits.py``, trained here if missing)
-the first ``n`` test images (n / 16, at least 2, through a U-Net) are scored by the model's ODE likelihood under every setting of
-``SETTINGS``; each setting runs in a fresh subprocess with one thread, so that its peak memory
-(the growth of the resident set over the loaded model, ``ru_maxrss``) is its own. Recorded:
-the mean estimate in nats per image (a dequantization bound on the 17-level NLL, an estimate),
-the mean standard error of the Hutchinson trace, the mean NFE per solve, CPU seconds per image
-and the peak memory.
+For each trained digits preset (the runs of ``diffusion_digits.py``, trained here if missing) the
+first ``n`` test images (n / 16, at least 2, through a U-Net) are scored by the model's ODE
+likelihood under every setting of ``SETTINGS``; each setting runs in a fresh subprocess with one
+thread, so that its peak memory (the growth of the resident set over the loaded model,
+``ru_maxrss``) is its own. Recorded: the mean estimate in nats per image (a dequantization bound on
+the 17-level NLL, an estimate), the mean standard error of the Hutchinson trace, the mean NFE per
+solve, CPU seconds per image and the peak memory.
 
-The flow-matching preset is an MLP and the VDM preset a U-Net: the exact trace (one backward
-pass per dimension at every evaluation) is what makes the U-Net's ODE likelihood slow, and why
-its preset uses Hutchinson's estimator.
+The dequantized flow-matching preset is an MLP and the VDM preset a U-Net: the exact trace (one
+backward pass per dimension at every evaluation) is what makes the U-Net's ODE likelihood slow, and
+why its preset uses Hutchinson's estimator.
 
 Results: ``benchmarks/results/ode_cost.json``; table in BENCHMARKS.md.
 """
@@ -105,7 +105,7 @@ def measure(run: str, overrides: dict[str, Any], n: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--models", nargs="*", default=["flow_matching", "vdm"])
+    p.add_argument("--models", nargs="*", default=["flow_matching_dequantized", "vdm"])
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
