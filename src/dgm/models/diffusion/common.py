@@ -16,7 +16,10 @@ through the dequantization bound (Theis et al. 2016; :mod:`dgm.core.dequantize`)
 
     log P(x) >= E_u[log p_Y(2(x + u)/L - 1)] + D log(2/L),
 
-and an ODE model's log p_Y comes from :func:`~dgm.core.ode_likelihood.ode_log_likelihood`.
+and an ODE model's log p_Y comes from :func:`~dgm.core.ode_likelihood.ode_log_likelihood`. A
+Gaussian-path model trained on the levels themselves (``prediction: levels``,
+:func:`read_levels`) dequantizes instead by its own forward process at its first time, with
+the decoder p(x | z) ∝ N(z | α c_x, σ²) (:meth:`ContinuousTimeModel.flow_estimate`).
 Diffusion bounds end in a decoder that is itself a pmf over the L levels
 (:func:`discretized_gaussian_log_prob`), so their bound needs no dequantization.
 

@@ -480,7 +480,10 @@ class ScoreSDE(ContinuousTimeModel):
     defines a continuous normalizing flow from the model space at t_ε to the base N(0, σ_1² I)
     at t = 1, whose density is computed by the instantaneous change of variables
     (:meth:`~dgm.models.diffusion.common.ContinuousTimeModel.ode_estimate`; exact trace or
-    Hutchinson's estimate), on discrete data as the uniform-dequantization bound. The base is
+    Hutchinson's estimate), on discrete data as the uniform-dequantization bound, or, with
+    ``prediction: levels`` (trained on the levels themselves), dequantized by the forward
+    process at t_ε with the decoder p(x | z) ∝ N(z | α c_x, σ²)
+    (:meth:`~dgm.models.diffusion.common.ContinuousTimeModel.flow_estimate`). The base is
     part of the model's definition: for VP paths the true law of z_1 is N(α_1 x, σ_1²)
     averaged over the data, α_1 ≈ 0.007 for β from 0.1 to 20, a tiny mismatch that makes the
     ODE model slightly different from the diffusion but leaves the number a valid likelihood
