@@ -70,6 +70,8 @@ PLAN: dict[str, dict[str, Any]] = {
                                                ("heun", 25), ("rk4", 10), ("dopri5", None)]},
     "cnf": {"methods": ["estimate"],
             "samplers": [("rk4", 10), ("dopri5", None)]},
+    "cnf_mlp": {"methods": ["estimate"],
+                "samplers": [("rk4", 10), ("dopri5", None)]},
     "ncsn": {"methods": [], "samplers": [("langevin", None)]},
 }
 
