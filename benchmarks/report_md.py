@@ -572,22 +572,25 @@ def _diffusion_digits(data: dict) -> str:
     return "\n".join(out)
 
 
-def _paired_seeds(rows: list[dict], keys: tuple[str, ...]) -> list[str]:
-    """A line of ours - torchcfm per key over the seeds that ran both (mean ± sd), or none."""
+DIGITS_SIDE_ORDER = ["ours", "ours_sample", "torchcfm"]
+
+
+def _paired_seeds(rows: list[dict], keys: tuple[str, ...], ours: str = "ours") -> list[str]:
+    """A line of ``ours`` - torchcfm per key over the seeds that ran both (mean ± sd), or none."""
     sides = {(r.get("seed", 0), r["side"]): r for r in rows}
-    seeds = sorted({s for s, side in sides if (s, "ours") in sides and (s, "torchcfm") in sides})
+    seeds = sorted({s for s, side in sides if (s, ours) in sides and (s, "torchcfm") in sides})
     if len(seeds) < 2:
         return []
     parts = []
     for key in keys:
-        d = [sides[(s, "ours")][key] - sides[(s, "torchcfm")][key] for s in seeds]
+        d = [sides[(s, ours)][key] - sides[(s, "torchcfm")][key] for s in seeds]
         mean = sum(d) / len(d)
         sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5
         scale = 1e3 if key == "cpu_s_per_step" else 1.0
         name = {"nats": "test nats", "fd": "FD", "precision": "precision",
                 "cpu_s_per_step": "CPU ms/step"}[key]
         parts.append(f"{name} {scale * mean:+.2f} (sd {scale * sd:.2f})")
-    return ["", f"Ours minus torchcfm, paired by seed ({len(seeds)} seeds: "
+    return ["", f"`{ours}` minus torchcfm, paired by seed ({len(seeds)} seeds: "
             f"{', '.join(map(str, seeds))}), mean (sd over seeds): " + "; ".join(parts) + "."]
 
 
@@ -679,7 +682,7 @@ def _cfm_peers(data: dict) -> str:
                 f"{tp['grid']}x{tp['grid']} grid, and OT-CFM sample paths of both sides)."]
     dp = parts.get("digits")
     drows = sorted((r for r in data["rows"] if r["data"] == "digits"),
-                   key=lambda r: (r.get("seed", 0), r["side"] != "ours"))
+                   key=lambda r: (r.get("seed", 0), DIGITS_SIDE_ORDER.index(r["side"])))
     out.append("")
     if dp and drows:
         a = dp["anchors"]
@@ -704,7 +707,8 @@ def _cfm_peers(data: dict) -> str:
                        f"| {r['bpd']:.3f} | {r['lik_nfe']:.0f} | {r['fd']:.2f} "
                        f"| {r['kid']:.4f} ± {r['kid_stderr']:.4f} | {r['precision']:.3f} "
                        f"| {r['recall']:.3f} | {1e3 * r['cpu_s_per_step']:.1f} |")
-        out += _paired_seeds(drows, ("nats", "fd", "precision", "cpu_s_per_step"))
+        for ours in ("ours", "ours_sample"):
+            out += _paired_seeds(drows, ("nats", "fd", "precision", "cpu_s_per_step"), ours)
         for t in dp.get("ot_timing", []):
             out += ["", f"The OT pairing alone on digits, CPU ms per batch of {t['batch']} "
                     f"dequantized images ({t['dim']}-D) against noise: ours "

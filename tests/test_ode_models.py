@@ -132,6 +132,28 @@ def test_ot_pairs_are_closer_than_independent_ones() -> None:
     assert coupled < 0.7 * (independent - x0).pow(2).sum(1).mean()
 
 
+def test_sampled_ot_pairs_are_draws_from_the_exact_plan() -> None:
+    """``ot_sample`` draws the batch's pairs with replacement from the OT permutation's plan:
+    every pair it returns is a pair of ``ot``'s (same data and noise), some repeat and the
+    labels travel with their data."""
+    spec = DataSpec((2,), DataKind.CONTINUOUS, num_classes=3)
+    options = {**TINY, "path": "rectified", "sigma": 0.0, "conditional": True,
+               "label_dropout": 0.0}
+    exact = build_model("flow_matching", spec, {**options, "coupling": "ot"})
+    sampled = build_model("flow_matching", spec, {**options, "coupling": "ot_sample"})
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(64) % 3
+    torch.manual_seed(0)
+    x0, x1, lab = exact._pairs(x, y)
+    torch.manual_seed(0)
+    s0, s1, slab = sampled._pairs(x, y)
+    plan = {tuple(a.tolist()): (tuple(b.tolist()), int(c)) for a, b, c in zip(x0, x1, lab)}
+    for a, b, c in zip(s0, s1, slab):
+        assert plan[tuple(a.tolist())] == (tuple(b.tolist()), int(c))
+    assert len({tuple(a.tolist()) for a in s0}) < 64  # drawn with replacement
+    assert "pairs resampled" in sampled.describe()
+
+
 # --- the Gaussian marginal field (σ = 0) -----------------------------------------------------
 
 

@@ -64,7 +64,7 @@ __all__ = ["FlowMatchingConfig", "FlowMatching", "minibatch_ot", "PATHS", "COUPL
 PATHS = ("lipman", "icfm", "rectified")
 #: the end of the straight path's likelihood ODE with ``prediction: levels`` (α_1 = 0 there)
 T_MAX = 1.0 - 1e-6
-COUPLINGS = ("independent", "ot")
+COUPLINGS = ("independent", "ot", "ot_sample")
 
 
 def minibatch_ot(x: Tensor, x1: Tensor) -> Tensor:
@@ -100,7 +100,10 @@ class FlowMatchingConfig(OdeFlowConfig):
         sigma: lipman: σ_min in [0, 1); icfm: the constant σ >= 0 of the path's noise (the
             book's σ_const, 0.1 in its figures); rectified: must be 0. Default: 0 for
             rectified, 0.1 otherwise.
-        coupling: ``"independent"`` or ``"ot"`` (minibatch OT pairs; icfm and rectified).
+        coupling: ``"independent"``, ``"ot"`` (each batch paired by its exact OT permutation)
+            or ``"ot_sample"`` (the batch's pairs drawn with replacement from that plan, as
+            Tong et al.'s algorithm and torchcfm do: some points repeat, others sit the step
+            out); icfm and rectified paths.
         reflow_pairs: size of the buffer of (x̂0, x1) teacher pairs for reflow (0: no reflow;
             the pairs come from :meth:`FlowMatching.make_reflow_pairs`).
         teacher: a trained ODE model's run directory: before training, ``reflow_pairs``
@@ -121,7 +124,7 @@ class FlowMatchingConfig(OdeFlowConfig):
 
     path: Literal["lipman", "icfm", "rectified"] = "icfm"
     sigma: float | None = None
-    coupling: Literal["independent", "ot"] = "independent"
+    coupling: Literal["independent", "ot", "ot_sample"] = "independent"
     reflow_pairs: int = 0
     teacher: str | None = None
     reflow_solver: str | None = None
@@ -150,7 +153,7 @@ class FlowMatchingConfig(OdeFlowConfig):
         if self.path == "rectified" and self.sigma != 0:
             raise ConfigError("model.path rectified is icfm with sigma 0: set model.sigma: 0 "
                               f"(got {self.sigma}) or use path icfm")
-        if self.path == "lipman" and self.coupling == "ot":
+        if self.path == "lipman" and self.coupling != "independent":
             raise ConfigError("model.coupling ot pairs data with the noise end of straight "
                               "paths: use path icfm or rectified")
         if self.reflow_pairs < 0:
@@ -243,7 +246,8 @@ class FlowMatching(OdeFlowModel):
     def describe(self) -> str:
         c = self.config
         sigma = f", σ={c.sigma:g}" if c.path != "rectified" else ""
-        ot = ", OT coupling" if c.coupling == "ot" else ""
+        ot = {"independent": "", "ot": ", OT coupling",
+              "ot_sample": ", OT coupling, pairs resampled"}[c.coupling]
         levels = ", levels posterior" if self.levels else ""
         return f"flow matching ({c.path} path{sigma}{ot}{levels})"
 
@@ -310,9 +314,14 @@ class FlowMatching(OdeFlowModel):
             return self.reflow_x0[idx], self.reflow_x1[idx], self.training_labels(stored)
         x0 = self.to_model_space(x) if self.levels else self.dequantize(x)
         x1 = torch.randn_like(x0)
-        if self.config.coupling == "ot":
+        labels = self.training_labels(y)
+        if self.config.coupling != "independent":
             x1 = x1[minibatch_ot(x0, x1)]
-        return x0, x1, self.training_labels(y)
+        if self.config.coupling == "ot_sample":  # n pairs drawn from the plan π = P/n
+            idx = torch.randint(x0.shape[0], (x0.shape[0],), device=x0.device)
+            x0, x1 = x0[idx], x1[idx]
+            labels = None if labels is None else labels[idx]
+        return x0, x1, labels
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """||v_θ(z_t, t, y) - u_t||² per example (summed over dimensions), t ~ U(0, 1)."""
