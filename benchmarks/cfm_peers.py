@@ -145,7 +145,7 @@ def train(model: FlowMatching, side: str, matcher: Any, x_train: Tensor, *, step
             perm, pos = torch.randperm(n, generator=order), 0
         xb = x_train[perm[pos:pos + batch]]
         pos += batch
-        if side == "ours":
+        if side != "torchcfm":  # ours, ours_sample
             loss = model.loss(xb).mean()
         else:
             x1 = model.dequantize(xb)  # torchcfm's target (data) end, in our model space

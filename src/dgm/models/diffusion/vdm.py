@@ -134,8 +134,9 @@ class VDM(ContinuousTimeModel):
 
     def bound_name(self) -> str:
         decoder = "levels decoder" if self.discrete else "Gaussian decoder"
+        n = self.config.bound_draws
         return (f"continuous-time diffusion VLB ({self.config.schedule} schedule, {decoder}, "
-                f"{self.config.bound_draws} draws of t)")
+                f"{n} draw{'s' if n != 1 else ''} of t)")
 
     # --- the bound ----------------------------------------------------------------------------
 
