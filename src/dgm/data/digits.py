@@ -12,7 +12,7 @@ import torch
 from dgm.data.dataset import Dataset, Split, register_dataset
 from dgm.core.spec import DataKind, DataSpec
 
-__all__ = ["load_digits", "DIGITS_SPLIT"]
+__all__ = ["load_digits", "load_binary_digits", "DIGITS_SPLIT", "BINARY_THRESHOLD"]
 
 DIGITS_SPLIT = (1000, 350, 447)
 
@@ -33,4 +33,29 @@ def load_digits() -> Dataset:
         val=Split(x[a:b], y[a:b]),
         test=Split(x[b:], y[b:]),
         description="scikit-learn load_digits: 8x8, values 0..16; book split 1000/350/447",
+    )
+
+
+#: the threshold of the binarized digits: a pixel is on when its level is at least 8 of 0..16
+BINARY_THRESHOLD = 8
+
+
+@register_dataset("binary_digits", DataKind.BINARY,
+                  "8x8 digits binarized once (pixel >= 8), 1000/350/447")
+def load_binary_digits() -> Dataset:
+    """The digits with each pixel set to 1 where its level is >= 8 (a static binarization, the
+    protocol of ANCHORS.md §6 for Boltzmann machines), same split and labels."""
+    digits = load_digits()
+    spec = DataSpec(event_shape=(1, 8, 8), kind=DataKind.BINARY, num_levels=2, num_classes=10)
+
+    def binarize(split: Split) -> Split:
+        return Split((split.x >= BINARY_THRESHOLD).to(torch.uint8), split.y)
+
+    return Dataset(
+        name="binary_digits",
+        spec=spec,
+        train=binarize(digits.train),
+        val=binarize(digits.val),
+        test=binarize(digits.test),
+        description="scikit-learn load_digits binarized at level >= 8; book split 1000/350/447",
     )

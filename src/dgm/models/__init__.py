@@ -9,6 +9,6 @@
   and flow matching (§5.5.3, ch. 9).
 """
 
-from dgm.models import autoregressive, diffusion, flows, latent, mixtures  # noqa: F401
+from dgm.models import autoregressive, diffusion, energy, flows, latent, mixtures  # noqa: F401
 
 __all__ = ["autoregressive", "diffusion", "flows", "latent", "mixtures"]

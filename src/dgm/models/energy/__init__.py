@@ -1,0 +1,3 @@
+"""Energy-based models and Boltzmann machines (Book ch. 7)."""
+
+from dgm.models.energy import rbm  # noqa: F401
