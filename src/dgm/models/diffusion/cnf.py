@@ -111,7 +111,12 @@ class OdeFlowModel(ContinuousTimeModel):
         super().__init__(spec, config)
         self.config = config
         self.dequantization = "uniform" if self.discrete else None
-        self.net = build_network(spec, config)
+        self.net = build_network(spec, config, outputs=self.net_outputs())
+
+    def net_outputs(self) -> int:
+        """Channels per coordinate of the network's output: 1, the velocity (subclasses that
+        read the velocity from other outputs, :meth:`field`, say how many)."""
+        return 1
 
     @classmethod
     def likelihood_on(cls, kind: DataKind) -> Likelihood:

@@ -485,6 +485,21 @@ class ContinuousTimeModel(GenerativeModel):
         mean_nfe = nfe / max(1, n * config.eval_draws)
         return LikelihoodEstimate(torch.cat(means), torch.cat(variances).sqrt(), note, mean_nfe)
 
+    def levels_decoder(self, schedule: NoiseSchedule, t: float
+                       ) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+        """The decoder p(x | z) ∝ N(z | α_t c_x, σ_t²) over the levels, as the ``decoder(x, ε,
+        labels)`` of :meth:`flow_estimate` (z = α_t x + σ_t ε): VDM's decoder, for a model
+        trained on the levels whose flow starts at t."""
+        with torch.no_grad():
+            a, s = schedule.alpha_sigma(torch.tensor(t, device=self.loc.device))
+        alpha, sigma = float(a), float(s)
+
+        def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
+            z = alpha * self.to_model_space(xc) + sigma * eps
+            return level_decoder_log_prob(xc, z, alpha, sigma, self.num_levels)
+
+        return decoder
+
     def flow_estimate(
         self,
         x: Tensor,

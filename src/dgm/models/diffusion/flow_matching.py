@@ -57,7 +57,7 @@ from dgm.core.registry import register_model
 from dgm.core.schedules import StraightLine, broadcast_time
 from dgm.core.spec import DataSpec
 from dgm.models.diffusion.cnf import OdeFlowConfig, OdeFlowModel, check_solver
-from dgm.models.diffusion.common import build_network, level_decoder_log_prob, read_levels
+from dgm.models.diffusion.common import read_levels
 
 __all__ = ["FlowMatchingConfig", "FlowMatching", "minibatch_ot", "PATHS", "COUPLINGS"]
 
@@ -219,15 +219,14 @@ class FlowMatching(OdeFlowModel):
     what = "flow matching"
 
     def __init__(self, spec: DataSpec, config: FlowMatchingConfig) -> None:
+        if config.prediction == "levels" and not spec.kind.is_discrete:
+            raise ConfigError("model.prediction levels needs discrete data (it predicts a "
+                              "distribution over the levels)")
         super().__init__(spec, config)
         self.config: FlowMatchingConfig = config
         self.straight = StraightLine(config.sigma) if config.path == "lipman" else None
         self.levels = config.prediction == "levels"
         if self.levels:
-            if not self.discrete:
-                raise ConfigError("model.prediction levels needs discrete data (it predicts a "
-                                  "distribution over the levels)")
-            self.net = build_network(spec, config, outputs=self.num_levels)
             self.dequantization = None
         self._teachers: list[OdeFlowModel] = []
         n = config.reflow_pairs
@@ -250,6 +249,10 @@ class FlowMatching(OdeFlowModel):
               "ot_sample": ", OT coupling, pairs resampled"}[c.coupling]
         levels = ", levels posterior" if self.levels else ""
         return f"flow matching ({c.path} path{sigma}{ot}{levels})"
+
+    def net_outputs(self) -> int:
+        """L logits per coordinate with ``prediction: levels``, else the velocity."""
+        return self.num_levels if self.config.prediction == "levels" else 1
 
     def field(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """v_θ(t, z | y): the network, or α'_t x̂ + σ'_t ε̂ from its logits over the levels."""
@@ -346,18 +349,14 @@ class FlowMatching(OdeFlowModel):
         if not self.levels:
             return super().log_prob_estimate(x, y, generator=generator)
         assert self.straight is not None
-        sigma_min = self.config.sigma
 
         def denoiser(lab: Tensor | None) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
             return lambda z, t: self.denoise(z, t, lab)
 
-        def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
-            z0 = self.to_model_space(xc) + sigma_min * eps
-            return level_decoder_log_prob(xc, z0, 1.0, sigma_min, self.num_levels)
-
         return self.flow_estimate(x, denoiser, self.straight, self.config, t_min=0.0,
                                   t_max=T_MAX, labels=self.likelihood_labels(x, y),
-                                  generator=generator, decoder=decoder,
+                                  generator=generator,
+                                  decoder=self.levels_decoder(self.straight, 0.0),
                                   what=f"{self.describe()}, in log-SNR time")
 
     # --- reflow ------------------------------------------------------------------------------

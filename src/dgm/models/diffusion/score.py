@@ -92,7 +92,6 @@ from dgm.models.diffusion.common import (
     OdeEvalConfig,
     build_network,
     check_sample_steps,
-    level_decoder_log_prob,
     read_levels,
     standard_normal_log_prob,
 )
@@ -655,17 +654,10 @@ class ScoreSDE(ContinuousTimeModel):
         what = f"probability-flow ODE of the {c.sde} SDE"
         labels = self.likelihood_labels(x, y)
         if self.levels:
-            with torch.no_grad():
-                a, s = self.schedule.alpha_sigma(torch.tensor(c.t_eps, device=x.device))
-            alpha, sigma = float(a), float(s)
-
-            def decoder(xc: Tensor, eps: Tensor, lab: Tensor | None) -> Tensor:
-                z = alpha * self.to_model_space(xc) + sigma * eps
-                return level_decoder_log_prob(xc, z, alpha, sigma, self.num_levels)
-
             return self.flow_estimate(
                 x, lambda lab: lambda z, t: self.denoise(z, t, lab), self.schedule, c,
-                t_min=c.t_eps, labels=labels, generator=generator, decoder=decoder,
+                t_min=c.t_eps, labels=labels, generator=generator,
+                decoder=self.levels_decoder(self.schedule, c.t_eps),
                 what=f"{what} (levels posterior) in log-SNR time")
         return self.ode_estimate(x, self.velocity, base, c, t0=c.t_eps, t1=1.0,
                                  labels=labels, generator=generator, what=what)
