@@ -14,8 +14,9 @@ so that one evaluator can form the ELBO (their mean) and the IWAE(k) bound (thei
 
 from __future__ import annotations
 
+import types
 from enum import Enum
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,19 @@ class Likelihood(str, Enum):
     NONE = "none"  # no likelihood (implicit models)
 
 
+class _ClassOrInstanceMethod:
+    """Binds to the instance when looked up on one, else to the class: a class declares what
+    its ``log_prob`` means, and a built model may refine that from its config (an RBM whose
+    hidden layer is too large to enumerate gives an AIS estimate instead of the exact value)."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: object, owner: type) -> Callable[..., Any]:
+        return types.MethodType(self.func, owner if obj is None else obj)
+
+
 class GenerativeModel(nn.Module):
     """Base class of every model.
 
@@ -71,10 +85,13 @@ class GenerativeModel(nn.Module):
             )
         self.spec = spec
 
-    @classmethod
-    def likelihood_on(cls, kind: DataKind) -> Likelihood:
-        """What ``log_prob`` means on data of this kind (dequantized models override it)."""
-        return cls.likelihood
+    def _likelihood_on(self_or_cls: Any, kind: DataKind) -> Likelihood:
+        """What ``log_prob`` means on data of this kind (dequantized models override it with a
+        classmethod). Called on a class it reads the class's declaration; called on a model it
+        reads the model's own ``likelihood``, which ``__init__`` may set from the config."""
+        return self_or_cls.likelihood
+
+    likelihood_on = _ClassOrInstanceMethod(_likelihood_on)
 
     @property
     def device(self) -> torch.device:
@@ -102,6 +119,12 @@ class GenerativeModel(nn.Module):
         that the non-finite guard skipped; ``info`` says which player stepped and gives the
         cross-process reductions. A loop of your own should call it after each
         ``optimizer.step()`` (``model.after_step(StepInfo(step=t))``). The default does nothing.
+        """
+
+    def after_rollback(self) -> None:
+        """Repair the state kept between steps after the trainer's non-finite guard has rolled
+        the weights back to the last good state (e.g. reseed an EBM's replay buffer, whose
+        chains may sit where the diverged energy sent them). The default does nothing.
         """
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:

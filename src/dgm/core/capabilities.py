@@ -113,12 +113,15 @@ class LikelihoodEstimate:
     """An estimate of log p(x) per example with the standard error of that estimate, (N,) each,
     and a note on how it was made (solver, tolerance, function evaluations, probes), which the
     evaluator adds to the number's label; ``nfe`` is the mean number of function evaluations
-    per ODE solve (0 where there is no solver)."""
+    per ODE solve (0 where there is no solver). ``shared_stderr`` is the standard error of a term
+    common to every example, such as an AIS estimate of log Z: averaging over examples does not
+    shrink it, so the evaluator adds it in full to the mean's estimator error."""
 
     log_prob: Tensor
     stderr: Tensor
     note: str = ""
     nfe: float = 0.0
+    shared_stderr: float = 0.0
 
 
 @runtime_checkable

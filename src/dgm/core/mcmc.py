@@ -28,6 +28,10 @@ smoothed densities p_σ are easy to mix in at large σ. :func:`langevin_correcto
 corrector step of the predictor-corrector samplers of Song et al. (2021), whose step size is set
 per example from a target signal-to-noise ratio (:func:`snr_step_size`).
 
+**Persistent chains.** :class:`ReplayBuffer` keeps chains between the updates of an
+energy-based model (Du & Mordatch 2019; Grathwohl et al. 2020): each update continues stored
+chains, a fraction of them restarted from noise, and writes them back.
+
 Score functions may use autograd internally (an energy's gradient): nothing here disables
 gradients around ``score_fn``; the updates themselves run without a graph and the returned
 samples are detached, so no graph accumulates over the chain.
@@ -39,12 +43,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dgm.core.errors import ConfigError, DataError
 
 __all__ = [
     "Noise",
+    "ReplayBuffer",
     "annealed_langevin",
     "langevin",
     "langevin_corrector",
@@ -332,3 +337,58 @@ def ula_stationary_variance(s2: float, step_size: float, noise_std: float | None
             f"|1 - α/s²| = {abs(rho):.3g} >= 1 (need α < 2 s² = {2 * s2})"
         )
     return noise_var / (1 - rho**2)
+
+
+class ReplayBuffer(nn.Module):
+    r"""Persistent Langevin chains with restarts (Du & Mordatch 2019; Grathwohl et al. 2020).
+
+    Short-run Langevin from noise mixes poorly; persistent chains (Tieleman 2008) carry each
+    chain's last state to the next update instead. A draw takes ``n`` stored chains at random
+    (with replacement) and restarts each from fresh noise with probability ``reinit_prob``, so
+    that the buffer keeps exploring; :meth:`update` writes the moved chains back.
+
+    The states live in a registered buffer: they are part of the owning model's
+    ``state_dict`` and so of every checkpoint, and a resumed run continues the same chains.
+    ``noise(n) -> (n, *shape)`` makes the restarts (e.g. uniform on the data's box).
+
+    Args:
+        size: the number of stored chains.
+        shape: the shape of one state.
+        reinit_prob: the probability ρ ∈ [0, 1] that a drawn chain restarts from noise.
+    """
+
+    def __init__(self, size: int, shape: tuple[int, ...], reinit_prob: float) -> None:
+        super().__init__()
+        _check_count("size", size, 1)
+        reinit_prob = _check_nonnegative("reinit_prob", reinit_prob)
+        if reinit_prob > 1:
+            raise ConfigError(f"reinit_prob must lie in [0, 1], got {reinit_prob}")
+        self.reinit_prob = reinit_prob
+        self.register_buffer("states", torch.zeros(size, *shape))
+
+    def reseed(self, noise: Callable[[int], Tensor]) -> None:
+        """Restart every chain from ``noise`` (at creation, and after a divergence)."""
+        with torch.no_grad():
+            self.states.copy_(noise(self.states.shape[0]))
+
+    def draw(
+        self, n: int, noise: Callable[[int], Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` starting states and the buffer rows they came from, (n, *shape) and (n,).
+
+        Each row is a stored chain, or with probability ρ fresh ``noise``.
+        """
+        device = self.states.device
+        index = torch.randint(self.states.shape[0], (n,), generator=generator,
+                              device=generator.device if generator is not None else device)
+        restart = torch.rand(n, generator=generator, device=index.device) < self.reinit_prob
+        index, restart = index.to(device), restart.to(device)
+        x = self.states[index].clone()
+        if bool(restart.any()):
+            x[restart] = noise(int(restart.sum())).to(x)
+        return x, index
+
+    def update(self, index: Tensor, x: Tensor) -> None:
+        """Store the moved chains ``x`` at rows ``index`` (as :meth:`draw` returned them)."""
+        with torch.no_grad():
+            self.states[index] = x.detach().to(self.states)

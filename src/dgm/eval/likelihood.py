@@ -70,7 +70,8 @@ class Evaluation:
     bound), "estimate" (IWAE(k), AIS, an ODE likelihood), or on continuous data "density",
     "density_bound", "density_estimate" (negative log-density; no bits per dimension).
     ``stderr_nats`` is the standard error of the mean over examples; ``estimator_stderr_nats``
-    (estimates only) that of the estimator itself, sqrt(Σ se_i²) / N.
+    (estimates only) that of the estimator itself, sqrt(Σ se_i² / N² + se_shared²), where
+    se_shared is the error of a term common to every example (AIS's log Ẑ).
     """
 
     nll_nats: float
@@ -118,6 +119,7 @@ class Scores:
     stderr: Tensor | None = None
     note: str = ""
     nfe: float = 0.0
+    shared_stderr: float = 0.0  # of a term common to every example (AIS's log Z)
 
 
 BatchScorer = Callable[[Any, Tensor, "Tensor | None", int, int, torch.Generator], Scores]
@@ -285,7 +287,8 @@ def _bound_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
 def _estimate_scores(model: Any, x: Tensor, y: Tensor | None, k: int, chunk: int,
                      generator: torch.Generator) -> Scores:
     est = model.log_prob_estimate(x, y, generator=generator)
-    return Scores(-est.log_prob.double(), est.stderr.double(), est.note, est.nfe)
+    return Scores(-est.log_prob.double(), est.stderr.double(), est.note, est.nfe,
+                  est.shared_stderr)
 
 
 def _draws(k: int) -> str:
@@ -347,7 +350,7 @@ def per_example_scores(
     was_training = model.training
     model.eval()
     nll, stderr, notes = [], [], []
-    nfe = 0.0
+    nfe = shared = 0.0
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -363,11 +366,12 @@ def per_example_scores(
                 if scores.note and scores.note not in notes:
                     notes.append(scores.note)
                 nfe += scores.nfe * x.shape[0]
+                shared = max(shared, scores.shared_stderr)
     finally:
         model.train(was_training)
     total = torch.cat(nll)
     return Scores(total, torch.cat(stderr) if stderr else None, "; ".join(notes),
-                  nfe / max(1, len(total)))
+                  nfe / max(1, len(total)), shared)
 
 
 def per_example_nll(
@@ -418,7 +422,8 @@ def evaluate(
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
     estimator_se = None
     if scores.stderr is not None:
-        estimator_se = float(scores.stderr.pow(2).sum().sqrt() / len(nll))
+        independent = float(scores.stderr.pow(2).sum() / len(nll) ** 2)
+        estimator_se = math.sqrt(independent + scores.shared_stderr**2)
     bpd = None if continuous else bits_per_dim(mean, spec.dim)
     perplexity = bits_per_char = None
     if spec.kind is DataKind.TOKENS:

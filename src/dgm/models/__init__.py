@@ -9,6 +9,14 @@
   and flow matching (§5.5.3, ch. 9).
 """
 
-from dgm.models import autoregressive, diffusion, energy, flows, latent, mixtures  # noqa: F401
+from dgm.models import (  # noqa: F401
+    adversarial,
+    autoregressive,
+    diffusion,
+    energy,
+    flows,
+    latent,
+    mixtures,
+)
 
-__all__ = ["autoregressive", "diffusion", "flows", "latent", "mixtures"]
+__all__ = ["adversarial", "autoregressive", "diffusion", "flows", "latent", "mixtures"]

@@ -302,6 +302,7 @@ class _Trainer:
             "best_epoch": s.best_epoch,
             "best_val": s.best_val if math.isfinite(s.best_val) else None,
             "stopped_early": s.stopped_early,
+            "rollbacks": s.rollbacks,
             "wall_s": s.wall_s,
             "cpu_s": s.cpu_s,
             "world_size": self.world,
@@ -445,6 +446,7 @@ class _Trainer:
         for name, p in self.rule.players.items():
             p.optimizer.load_state_dict(copy.deepcopy(optimizers[name]))
         self.rule.load_state(rule_state)
+        self.model.after_rollback()
         self.state.lr_scale[player] *= 0.5
         self._bad_steps = {name: 0 for name in self.rule.players}
         _log(f"{msg}; rolled back to the start of the epoch, learning rate{who} halved")

@@ -18,7 +18,8 @@ roulette" estimator), which is unbiased. Invertible DenseNets (Perugachi-Diaz, T
 2021, arXiv:2102.02694; Book §4.1.7.2) replace the MLP g by a densely connected network with
 normalised concatenations and the concatenated LipSwish (CLipSwish) activation.
 
-The Lipschitz constraint is kept by spectral normalisation (:class:`SpectralNormLinear`) and
+The Lipschitz constraint is kept by spectral normalisation (:class:`SpectralNormLinear`, from its
+one home :mod:`dgm.core.spectral`, shared with the GAN discriminators) and
 activations with Lipschitz constant ≤ 1 (:class:`LipSwish`, :class:`CLipSwish`): a composition
 of maps with Lipschitz constants L_i has Lipschitz constant ≤ Π L_i.
 """
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.estimators import jacobian, probe
+from dgm.core.spectral import SpectralNormLinear
 from dgm.core.transforms.base import Transform, check_flat
 
 __all__ = [
@@ -53,100 +55,6 @@ LOGDET_METHODS = ("exact", "series", "roulette")
 def _check_coeff(coeff: float) -> None:
     if not 0.0 < coeff < 1.0:
         raise ConfigError(f"coeff must be in (0, 1), got {coeff}")
-
-
-class SpectralNormLinear(nn.Module):
-    r"""Linear layer y = W̃ h + b with ||W̃||_2 ≤ ``coeff`` (Miyato et al. 2018; Book §4.1.7).
-
-    σ̂ ≈ ||W||_2 comes from power iteration with persistent vectors u, v (buffers):
-
-        v ← Wᵀu / ||Wᵀu||,    u ← W v / ||W v||,    σ̂ = uᵀ W v,    W̃ = W · coeff / max(coeff, σ̂),
-
-    so W is left alone while σ̂ ≤ coeff and rescaled to spectral norm coeff otherwise. In training
-    mode every call runs ``n_power_iterations`` steps (σ̂ tracks W as it is trained; gradients
-    flow through σ̂ with u, v held fixed). In eval mode no step is taken on a call, so forward and
-    inverse see the same function; instead, the first call after W changed (tracked by its
-    version counter) runs power iteration to convergence, at most ``eval_max_iterations`` steps,
-    so that the eval-mode bound is tight (power iteration under-estimates σ).
-
-    Args:
-        in_features, out_features: the shape of W is (out_features, in_features).
-        coeff: the Lipschitz bound, in (0, 1).
-        n_power_iterations: steps per training call.
-        n_init_iterations: steps at construction.
-        eval_max_iterations: cap on the steps of the eval-mode convergence.
-        bias: add a bias (it does not change the Lipschitz constant).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        coeff: float = 0.97,
-        n_power_iterations: int = 1,
-        n_init_iterations: int = 20,
-        eval_max_iterations: int = 1000,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        _check_coeff(coeff)
-        if n_power_iterations < 0 or n_init_iterations < 0 or eval_max_iterations < 1:
-            raise ConfigError("power-iteration counts must be non-negative")
-        self.in_features, self.out_features = in_features, out_features
-        self.coeff = float(coeff)
-        self.n_power_iterations = n_power_iterations
-        self.eval_max_iterations = eval_max_iterations
-        self.update_enabled = True
-        layer = nn.Linear(in_features, out_features, bias=bias)
-        self.weight = layer.weight
-        self.bias = layer.bias
-        self.register_buffer("u", F.normalize(torch.randn(out_features), dim=0))
-        self.register_buffer("v", F.normalize(torch.randn(in_features), dim=0))
-        self._eval_key: tuple[int, int, torch.dtype] | None = None
-        self._power_iteration(n_init_iterations)
-
-    @torch.no_grad()
-    def _power_iteration(self, n: int, rtol: float | None = None) -> None:
-        w = self.weight.detach()
-        u, v = self.u, self.v
-        sigma = torch.dot(u, w @ v)
-        for _ in range(n):
-            v = F.normalize(w.t() @ u, dim=0)
-            u = F.normalize(w @ v, dim=0)
-            new_sigma = torch.dot(u, w @ v)
-            if rtol is not None and abs(float(new_sigma - sigma)) <= rtol * float(new_sigma):
-                sigma = new_sigma
-                break
-            sigma = new_sigma
-        self.u.copy_(u)
-        self.v.copy_(v)
-
-    def sigma(self) -> Tensor:
-        """The current estimate σ̂ = uᵀ W v (differentiable in W)."""
-        return torch.dot(self.u.clone(), self.weight @ self.v.clone())
-
-    def normalized_weight(self) -> Tensor:
-        """W̃ = W · coeff / max(coeff, σ̂), after the power-iteration steps of this mode."""
-        if self.training:
-            self._eval_key = None
-            if self.update_enabled:
-                self._power_iteration(self.n_power_iterations)
-        else:
-            w = self.weight
-            key = (w.data_ptr(), w._version, w.dtype)
-            if key != self._eval_key:
-                rtol = 100 * torch.finfo(w.dtype).eps
-                self._power_iteration(self.eval_max_iterations, rtol=rtol)
-                self._eval_key = (w.data_ptr(), w._version, w.dtype)
-        sigma = self.sigma()
-        return self.weight * (self.coeff / torch.clamp(sigma, min=self.coeff))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.normalized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, coeff={self.coeff}"
 
 
 def _inverse_softplus(y: float) -> float:
@@ -275,6 +183,7 @@ class LipschitzMLP(_ContextMixin):
         super().__init__()
         if dim < 1 or hidden_dim < 1 or num_hidden < 1:
             raise ConfigError("dim, hidden_dim and num_hidden must be >= 1")
+        _check_coeff(coeff)
         self.dim = dim
         self.coeff = coeff
         self._init_context(context_dim, hidden_dim)
@@ -315,6 +224,7 @@ class DenseLayer(nn.Module):
         self, in_features: int, growth: int, *, coeff: float = 0.97, n_power_iterations: int = 1
     ) -> None:
         super().__init__()
+        _check_coeff(coeff)
         self.in_features, self.growth = in_features, growth
         self.out_features = in_features + 2 * growth
         self.linear = SpectralNormLinear(

@@ -1,0 +1,206 @@
+"""Benchmark: sample quality of the GAN family on 8x8 digits (issue 16, Book ch. 8).
+
+    python benchmarks/gan_digits.py [--variants nonsaturating wgan_gp ...] [--seeds 0 1 2]
+        [--n 1000] [--no-toy]
+
+(``--variants`` with no names: the toy only.) Rows are merged into the results file as they
+land, so two processes may run disjoint variants side by side.
+
+Each variant is a preset (plus overrides) trained by the real trainer with one thread for
+every seed; the saved weights (the best by validation FD, EMA weights where the preset has
+EMA) draw n samples in one call with a generator seeded 0, scored against the 447 test images
+with the shipped digits feature net exactly as ``quality_digits.py`` does (its ``draw``,
+``split_images`` and ``scores``): FD, KID, precision and recall (k = 3), density and coverage.
+A seed whose samples collapse or diverge (precision or recall below 0.2, or FD above 100) is
+flagged ``collapsed`` and kept in the mean. The conditional GAN also reports the feature
+net's accuracy on samples drawn for given labels.
+
+Also writes ``gan_digits_<variant>.png`` (64 samples of seed 0) and ``gan_toy.png``: a GAN
+on the eight-Gaussians toy, its discriminator's D(x) as a field with data and samples on it,
+and the count of modes covered (samples within 3σ of a centre).
+Results: ``benchmarks/results/gan_digits.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, machine, write_result  # noqa: E402
+from quality_digits import draw, scores, split_images  # noqa: E402
+
+from dgm.config import load_config  # noqa: E402
+from dgm.data import load  # noqa: E402
+from dgm.eval.features import feature_net  # noqa: E402
+from dgm.eval.plots import image_grid, save_png  # noqa: E402
+from dgm.eval.quality import compare, conditional_accuracy  # noqa: E402
+from dgm.runs import INFO, open_run  # noqa: E402
+from dgm.train.trainer import train  # noqa: E402
+
+CONFIGS = ROOT / "configs"
+METRICS = ("fd", "kid", "pr", "dc")
+# variant: (preset, overrides, what)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "nonsaturating": ("gan_digits", [], "MLP, non-saturating loss (configs/gan_digits.yaml)"),
+    "minimax": ("gan_digits", ["model.loss=minimax"], "MLP, the book's saturating minimax"),
+    "wgan_gp": ("wgan_gp_digits", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
+    "hinge_sn": ("hinge_sn_digits", [], "MLP, hinge loss, spectral norm"),
+    "conditional": ("cgan_digits", [], "MLP, class-conditional, projection discriminator"),
+    "gmmn": ("gmmn_digits", [], "GMMN: MMD² with 5 Gaussian kernels"),
+    "dcgan": ("gan_digits", ["model.network=conv", "model.width=32", "model.hidden=128",
+                             "train.epochs=200"], "DCGAN conv nets, non-saturating loss"),
+    # diagnostics of hinge_sn: each of its two changes alone
+    "hinge": ("gan_digits", ["model.loss=hinge"], "MLP, hinge loss, no spectral norm"),
+    "nonsaturating_sn": ("gan_digits", ["model.spectral_norm=true"],
+                         "MLP, non-saturating loss, spectral norm"),
+}
+COLLAPSE = {"precision": 0.2, "recall": 0.2, "fd": 100.0}
+
+
+def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> dict[str, Any]:
+    preset, overrides, what = VARIANTS[variant]
+    cfg = load_config(CONFIGS / f"{preset}.yaml", overrides)
+    cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, 1, False
+    run_dir = workdir / f"{variant}-{seed}"
+    train(cfg, run_dir)
+    info = json.loads((run_dir / INFO).read_text())
+    model = open_run(run_dir).load_model()
+    fake, sample_cpu, _ = draw(model, n, 0)
+    r = compare(test, fake, dataset="digits", spec=data.spec, metrics=list(METRICS),
+                split="test", seed=0, net=net)
+    row: dict[str, Any] = {
+        "variant": variant, "seed": seed, "preset": preset, "overrides": overrides,
+        "what": what, "cpu_s": info.get("cpu_s"), "wall_s": info.get("wall_s"),
+        "params": info.get("num_parameters"), "epochs": info.get("epochs_completed"),
+        "best_epoch": info.get("best_epoch"), "best_val_fd": info.get("best_val"),
+        "sample_cpu_s": sample_cpu, "sample_dtype": str(fake.dtype).replace("torch.", ""),
+        **scores(r)}
+    row["collapsed"] = bool(row["precision"] < COLLAPSE["precision"]
+                            or row["recall"] < COLLAPSE["recall"]
+                            or not row["fd"] < COLLAPSE["fd"])
+    if getattr(model, "num_classes", 0):
+        labels = torch.arange(n) % data.spec.num_classes
+        with torch.no_grad():
+            x = model.sample(n, y=labels, generator=torch.Generator().manual_seed(0))
+        row["conditional_accuracy"] = conditional_accuracy(x, labels, net)
+    if seed == 0:
+        grid = image_grid(fake[:64].float(), data.spec, ncol=8)
+        save_png(grid, RESULTS / f"gan_digits_{variant}.png", scale=3)
+    print(f"{variant} seed {seed}: {r.line()}, {row['cpu_s']:.0f} CPU s, "
+          f"{row['params']} params{' COLLAPSED' if row['collapsed'] else ''}", flush=True)
+    return row
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == variant]
+        s: dict[str, Any] = {"variant": variant, "seeds": [r["seed"] for r in rs],
+                             "collapsed_seeds": [r["seed"] for r in rs if r["collapsed"]],
+                             "params": rs[0]["params"]}
+        for k in ("fd", "kid", "precision", "recall", "density", "coverage", "cpu_s",
+                  "conditional_accuracy"):
+            vals = [float(r[k]) for r in rs if r.get(k) is not None]
+            if vals:
+                t = torch.tensor(vals, dtype=torch.float64)
+                s[k] = {"mean": float(t.mean()),
+                        "sd": float(t.std()) if len(vals) > 1 else 0.0}
+        out.append(s)
+    return out
+
+
+def toy(seed: int = 0) -> dict[str, Any]:
+    """A GAN on eight Gaussians (configs/gan_eight_gaussians.yaml): modes covered, D's field."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = load_config(CONFIGS / "gan_eight_gaussians.yaml")
+    cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, 1, False
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp) / "run")
+        info = json.loads((Path(tmp) / "run" / INFO).read_text())
+        model = open_run(Path(tmp) / "run").load_model(which="last")
+    x = model.sample(2000, generator=torch.Generator().manual_seed(0))
+    angles = torch.arange(8) * (2 * math.pi / 8)
+    centers = 3.0 * torch.stack([angles.cos(), angles.sin()], 1)
+    d = torch.cdist(x, centers)
+    near = d.min(1).values < 3 * 0.3
+    counts = torch.bincount(d.argmin(1)[near], minlength=8)
+    grid = torch.linspace(-5, 5, 200)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    with torch.no_grad():
+        prob = torch.sigmoid(model.discriminator(torch.stack([gx, gy], -1).reshape(-1, 2))
+                             .logits).reshape(200, 200)
+    real = load("eight_gaussians").test.x[:2000]
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    im = ax.imshow(prob, origin="lower", extent=(-5, 5, -5, 5), cmap="RdBu_r", vmin=0, vmax=1)
+    ax.scatter(real[:, 0], real[:, 1], s=1, c="k", alpha=0.3, label="data")
+    ax.scatter(x[:, 0], x[:, 1], s=1, c="yellow", alpha=0.5, label="samples")
+    ax.set_title(f"GAN on eight Gaussians: D(x); {int((counts > 0).sum())}/8 modes", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.legend(loc="upper right", fontsize=7, markerscale=5)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "gan_toy.png", dpi=60)
+    plt.close(fig)
+    return {"modes_covered": int((counts > 0).sum()), "per_mode": counts.tolist(),
+            "within_3sd": float(near.double().mean()), "cpu_s": info.get("cpu_s"),
+            "params": info.get("num_parameters")}
+
+
+def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
+    """Write ``fields`` (and ``rows``, replacing those of the same variant and seed) into the
+    results file as it is now, so that two processes running other variants can share it."""
+    path = RESULTS / "gan_digits.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    result.update(fields)
+    if rows:
+        done = {(r["variant"], r["seed"]) for r in rows}
+        result["rows"] = [r for r in result.get("rows", [])
+                          if (r["variant"], r["seed"]) not in done] + rows
+    result["summary"] = summarize(result.get("rows", []))
+    write_result("gan_digits", result)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--no-toy", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    _merge({"machine": machine()})
+    if not args.no_toy:
+        toy_result = toy()
+        print(f"eight Gaussians: {toy_result}", flush=True)
+        _merge({"toy": toy_result})
+    if not args.variants:
+        return
+    data = load("digits")
+    test = split_images(data, "test")
+    net = feature_net("digits")
+    _merge({"settings": {"n": args.n, "sample_seed": 0, "real": "digits test (447)",
+                        "feature_net": net.tag, "threads": 1, "metrics": list(METRICS),
+                        "collapse_thresholds": COLLAPSE}})
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            for seed in args.seeds:
+                row = run_one(variant, seed, args.n, data, test, net, Path(tmp))
+                _merge({}, [row])
+    print(f"wrote {RESULTS / 'gan_digits.json'} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
