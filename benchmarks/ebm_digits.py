@@ -1,6 +1,6 @@
 """Benchmark: energy-based models on the 8x8 digits and the two-moons toy (issue 16, Book ch. 7).
 
-    python benchmarks/ebm_digits.py [--seeds 0 1 2] [--ais-temperatures 10000]
+    python benchmarks/ebm_digits.py [--seeds 0 1 2] [--ais-temperatures 3000]
 
 (a) JEM (configs/jem_digits.yaml), seed 0: test error of p(y | x) beside the anchors (SVC 5.8%,
     MLP 7.6%, the book's JEM-style EBM 7.6%; ANCHORS.md §6) and the sample quality of 447
@@ -10,9 +10,10 @@
     rollbacks of the non-finite guard (a diverged seed is reported with its error, not
     dropped), and the AIS estimate of the test NLL of the discrete model p(v) ∝ exp(-E(u(v)))
     on the 17-level lattice, beside the floors 106.5 (independent categorical) and 100.0
-    (mixture of 40 categoricals). log Z by AIS from the per-pixel categorical, its standard
-    error and effective chains; a second AIS run with 3x fewer temperatures shows how far the
-    estimate still moves (AIS's log Ẑ is biased low, so the NLL is optimistic). The same for
+    (mixture of 40 categoricals). log Z by AIS as the preset sets it up (a base of 20
+    categoricals fitted to the model's own Langevin chains, 4 Markov moves per temperature),
+    its standard error and effective chains; a second AIS run with 3x fewer temperatures shows
+    how far the estimate still moves (AIS's log Ẑ is biased low, so the NLL is optimistic). The same for
     seed 0 of the JEM-style variant with decoupled noise (``DECOUPLED``), whose sampler
     targets a sharpened p^(2α/η²), not p.
 (c) EBM on two moons (configs/ebm_moons.yaml): MMD² of samples to the test points and a PNG of
@@ -168,7 +169,7 @@ def moons_row() -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    p.add_argument("--ais-temperatures", type=int, default=10000)
+    p.add_argument("--ais-temperatures", type=int, default=3000)
     p.add_argument("--skip", nargs="*", default=[], choices=["jem", "ebm", "decoupled", "moons"])
     args = p.parse_args()
     torch.set_num_threads(1)

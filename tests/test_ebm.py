@@ -19,7 +19,8 @@ from dgm.core.fitting import StepInfo
 from dgm.core.mcmc import ReplayBuffer, ula_stationary_variance
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.energy.ebm import EBM, EBMConfig
+from dgm.models.energy.ebm import (EBM, CategoricalMixture, EBMConfig, lattice_block_mh_step,
+                                   lattice_gibbs_step)
 from dgm.train.trainer import train
 
 DIGITS = DataSpec((1, 8, 8), DataKind.DISCRETE, num_levels=17, num_classes=10)
@@ -182,6 +183,68 @@ def test_ais_log_partition_matches_enumeration_on_a_tiny_lattice() -> None:
     est = model.log_prob_estimate(states, generator=torch.Generator().manual_seed(0))
     assert est.log_prob.exp().sum().item() == pytest.approx(1.0, abs=0.1)
     assert "AIS" in est.note and est.shared_stderr > 0 and torch.all(est.stderr == 0)
+
+
+def _enumerate(dim: int, levels: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product(range(levels), repeat=dim)))
+
+
+def test_categorical_mixture_is_normalized_sampled_exactly_and_fitted_by_em() -> None:
+    gen = torch.Generator().manual_seed(0)
+    true = CategoricalMixture(torch.tensor([0.0, 1.0]), 3 * torch.randn(2, 3, 3, generator=gen))
+    states = _enumerate(3, 3)
+    log_q = true.log_prob(states)
+    assert float(torch.logsumexp(log_q, 0)) == pytest.approx(0.0, abs=1e-9)
+    draws = true.sample(40000, gen)
+    index = (draws * torch.tensor([9, 3, 1])).sum(1)
+    freq = torch.bincount(index, minlength=27).double() / 40000
+    assert torch.allclose(freq, log_q.exp(), atol=4 * math.sqrt(0.25 / 40000) + 1e-3)
+    fitted = CategoricalMixture.fit(draws[:5000], 3, 2, generator=gen)
+    # EM reaches (nearly) the likelihood of the true mixture on its own draws
+    gap = float(true.log_prob(draws[:5000]).mean() - fitted.log_prob(draws[:5000]).mean())
+    assert abs(gap) < 0.02, gap
+
+
+@pytest.mark.parametrize("move", ["gibbs", "block_mh"])
+def test_lattice_moves_leave_the_target_invariant_and_mix(move) -> None:
+    gen = torch.Generator().manual_seed(1)
+    states = _enumerate(3, 4)
+    table = 2 * torch.randn(len(states), generator=gen, dtype=torch.float64)
+    target = torch.softmax(table, 0)
+
+    def log_p(v: torch.Tensor) -> torch.Tensor:
+        return table[(v * torch.tensor([16, 4, 1])).sum(1)]
+
+    n = 12000
+    v = torch.zeros(n, 3, dtype=torch.long)  # a point mass, far from the target
+    for _ in range(30 if move == "gibbs" else 150):  # MH from a uniform proposal mixes slower
+        if move == "gibbs":
+            v = lattice_gibbs_step(v, log_p, 4, 2, gen)
+        else:
+            v = lattice_block_mh_step(v, log_p, torch.zeros(3, 4), 2, gen)
+    freq = torch.bincount((v * torch.tensor([16, 4, 1])).sum(1), minlength=64).double() / n
+    assert float((freq - target).abs().max()) < 4 * math.sqrt(float(target.max()) / n) + 2e-3
+
+
+def test_ais_from_a_base_fitted_to_the_models_samples_with_gibbs_matches_enumeration() -> None:
+    spec = DataSpec((4,), DataKind.DISCRETE, num_levels=3)
+    torch.manual_seed(4)
+    model = build_model("ebm", spec, network="mlp", hidden=16, num_hidden=1, buffer_size=64,
+                        ais_base="samples", ais_components=3, ais_base_steps=20,
+                        ais_gibbs_sites=2, ais_block=2, step_size=0.01)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.mul_(3.0)
+    model.initialize_from_data(torch.randint(3, (50, 4)), torch.Generator().manual_seed(0))
+    states = _enumerate(4, 3)
+    with torch.no_grad():
+        exact = float(torch.logsumexp(model.log_prob(states), 0))
+    base = model.ais_base(torch.Generator().manual_seed(0))
+    assert float(torch.logsumexp(base.log_prob(states), 0)) == pytest.approx(0.0, abs=1e-9)
+    ais = model.log_partition_ais(chains=300, temperatures=50,
+                                  generator=torch.Generator().manual_seed(0))
+    assert abs(ais.log_z - exact) < 4 * ais.stderr + 0.02, (ais.log_z, exact, ais.stderr)
+    assert ais.effective_chains > 100
 
 
 def test_ais_likelihood_option_makes_an_estimate_the_evaluator_reports() -> None:

@@ -143,6 +143,59 @@ def test_power_iteration_converges_to_the_top_singular_value() -> None:
                                torch.tensor(1.0, dtype=torch.float64))
 
 
+
+def test_spectral_norm_gradient_flows_through_sigma() -> None:
+    # Miyato et al. (2018) eq. 12: with u, v held fixed, dL/dW = (G - <G, W~> u v^T) / sigma,
+    # G = dL/dW~; the second term is what stops W from collapsing to rank one.
+    torch.manual_seed(0)
+    lin = SpectralNormLinear(5, 7, coeff=1.0, always=True).double().train()
+    lin.update_enabled = False
+    w_tilde = lin.normalized_weight()
+    g = torch.randn_like(w_tilde)
+    (grad,) = torch.autograd.grad((w_tilde * g).sum(), lin.weight)
+    sigma = float(lin.sigma().detach())
+    expected = (g - (g * w_tilde.detach()).sum() * torch.outer(lin.u, lin.v)) / sigma
+    torch.testing.assert_close(grad, expected)
+    # always=True (SN-GAN) divides by sigma even below 1; always=False leaves W alone there
+    small = SpectralNormLinear(5, 7, coeff=1.0, always=False).double().eval()
+    with torch.no_grad():
+        small.weight.mul_(0.1 / torch.linalg.matrix_norm(small.weight, 2))
+    torch.testing.assert_close(small.normalized_weight(), small.weight)
+
+
+def test_spectral_norm_one_step_per_training_call_none_on_repeated_eval_calls() -> None:
+    torch.manual_seed(0)
+    lin = SpectralNormLinear(6, 9, coeff=1.0, always=True, n_init_iterations=0).double()
+    h = torch.randn(4, 6, dtype=torch.float64)
+    for _ in range(3):  # training: exactly one power-iteration step per forward
+        u, v = lin.u.clone(), lin.v.clone()
+        u1, v1, s1 = power_iteration(lin.weight.detach(), u, v, 1)
+        out = lin(h)
+        torch.testing.assert_close((lin.u, lin.v), (u1, v1))
+        torch.testing.assert_close(out, h @ (lin.weight / s1).t() + lin.bias)
+    lin.eval()  # eval: the first call converges, repeated calls take no step
+    out = lin(h)
+    state = (lin.u.clone(), lin.v.clone())
+    torch.testing.assert_close(lin(h), out, rtol=0, atol=0)
+    torch.testing.assert_close((lin.u, lin.v), state, rtol=0, atol=0)
+    torch.testing.assert_close(lin.sigma(), torch.linalg.matrix_norm(lin.weight, 2))
+    with torch.no_grad():  # a changed W is seen (its version counter) and re-converged
+        lin.weight.mul_(3.0)
+    torch.testing.assert_close(lin(h), out)  # W / sigma(W) does not change with the scale
+    torch.testing.assert_close(lin.sigma(), torch.linalg.matrix_norm(lin.weight, 2))
+
+
+def test_sn_discriminator_layers_all_have_unit_norm_in_training(digits) -> None:
+    model = GAN(digits.spec, GANConfig(loss="hinge", spectral_norm=True, hidden=32)).train()
+    x, _ = _batch(digits)
+    for _ in range(30):  # the persistent u, v converge over training calls
+        model.critic_loss(x)
+    layers = [m for m in model.discriminator.modules() if isinstance(m, SpectralNormLinear)]
+    assert len(layers) == 3  # every layer, the output layer too (SN-GAN)
+    for m in layers:
+        norm = torch.linalg.matrix_norm(m.normalized_weight().detach(), 2)
+        assert abs(float(norm) - 1.0) < 1e-3
+
 # --- the model --------------------------------------------------------------------------------
 
 
@@ -268,7 +321,7 @@ def test_gan_covers_the_eight_gaussians(tmp_path) -> None:
     cfg = load_config("configs/gan_eight_gaussians.yaml",
                       ["train.progress=false", "train.threads=1"])
     train(cfg, tmp_path / "run")
-    model = open_run(tmp_path / "run").load_model(which="last")
+    model = open_run(tmp_path / "run").load_model()  # the best weights by validation MMD
     x = model.sample(2000, generator=torch.Generator().manual_seed(0))
     angles = torch.arange(8) * (2 * math.pi / 8)
     centers = 3.0 * torch.stack([angles.cos(), angles.sin()], 1)

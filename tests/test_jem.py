@@ -78,11 +78,12 @@ def test_config_and_data_are_checked() -> None:
         build_model("jem", DataSpec((2,), DataKind.CONTINUOUS), **SMALL)
 
 
-def test_a_short_run_through_the_trainer_learns_to_classify(tmp_path) -> None:
+def test_a_short_run_through_the_trainer_learns_to_classify_and_keeps_the_best_classifier(
+        tmp_path) -> None:
     opts = [f"model.{k}={v}" for k, v in SMALL.items()]
     cfg = load_config(overrides=[
         "model.name=jem", "data.name=digits", "train.epochs=4", "train.batch_size=50",
-        "train.progress=false", "train.threads=1", "train.monitor=objective",
+        "train.progress=false", "train.threads=1", "train.monitor=error",
         "optim.lr=0.003", *opts,
     ])
     train(cfg, tmp_path / "r")
@@ -96,3 +97,6 @@ def test_a_short_run_through_the_trainer_learns_to_classify(tmp_path) -> None:
     model = open_run(tmp_path / "r").load_model("cpu")
     x, y = data.val.batch(slice(None), data.spec)
     assert model.error_rate(x, y) < 0.5  # chance is 0.9
+    # the monitor is the validation error, and the kept weights are those of its best epoch
+    assert info["val_method"] == "error" and "classification error" in info["val_label"]
+    assert model.error_rate(x, y) == pytest.approx(info["best_val"], abs=1e-12)

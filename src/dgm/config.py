@@ -86,7 +86,9 @@ class TrainConfig:
     ``monitor``: the validation score for early stopping and best weights: ``auto`` (the
     likelihood's natural method, else the validation objective), an evaluation method
     (``exact``, ``elbo``, ``iwae``, ...), ``objective`` (the mean training loss on the
-    validation split, labelled as such) or a sample-quality metric (``fd``, ``kid``).
+    validation split, labelled as such), a sample-quality metric (``fd``, ``kid``; ``mmd`` on
+    continuous low-dimensional data) or ``error``, the classification error of a model that
+    classifies (JEM).
     ``checkpoint_every_s``: write the resume checkpoint (and the best weights, run.json) after
     the first epoch that ends this many seconds after the last one, and after the final epoch
     (0: after every epoch). A resumed run still equals an uninterrupted one; a crash loses at

@@ -24,6 +24,7 @@ __all__ = [
     "LatentVariable",
     "Generates",
     "Reconstructs",
+    "Classifies",
 ]
 
 
@@ -177,4 +178,13 @@ class Reconstructs(Protocol):
 
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """x (N, *event_shape) -> reconstructions in the data's space and dtype."""
+        ...
+
+
+@runtime_checkable
+class Classifies(Protocol):
+    """A generative model that is also a classifier (JEM): ``train.monitor: error`` asks it."""
+
+    def classify(self, x: Tensor) -> Tensor:
+        """The most probable class of each example, (N,) integers."""
         ...

@@ -7,25 +7,37 @@
   not a likelihood and never shown as one).
 - ``fd`` / ``kid``: a sample-quality score of ``train.monitor_samples`` samples against the
   validation split (:mod:`dgm.eval.quality`), lower is better.
+- ``error``: the classification error on the labelled validation split, for any model with a
+  ``classify(x) -> (N,)`` method (a classifier read as a generative model, e.g. JEM); not a
+  likelihood.
+- ``mmd``: the unbiased MMD² (Gaussian kernel, median-heuristic bandwidth of the validation
+  split; :func:`dgm.eval.quality.mmd`) between the validation split and
+  ``train.monitor_samples`` samples, lower is better: a sample-quality score for any model
+  with ``sample`` on continuous, low-dimensional data (2-D toys, which have no feature net for
+  ``fd`` / ``kid``). Family-agnostic: it only calls ``model.sample(n, generator=g)``.
 
 ``auto`` on a model with no normalized likelihood falls back to ``objective``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.capabilities import Classifies
 from dgm.core.errors import ConfigError
+from dgm.core.spec import DataKind
 from dgm.data.dataset import Dataset, Split
 from dgm.eval.likelihood import method_label, per_example_nll, resolve_method
 
-__all__ = ["Monitor", "resolve_monitor", "QUALITY_MONITORS"]
+__all__ = ["Monitor", "resolve_monitor", "QUALITY_MONITORS", "ERROR_MONITOR"]
 
 QUALITY_MONITORS = ("fd", "kid")
+ERROR_MONITOR = "error"
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,52 @@ def _quality_monitor(metric: str, dataset: Dataset, samples: int, seed: int) -> 
     return score
 
 
+def _error_monitor(batch_size: int) -> Callable:
+    @torch.no_grad()
+    def score(model: GenerativeModel, split: Split) -> float:
+        was_training = model.training
+        model.eval()
+        wrong, count = 0, 0
+        try:
+            for start in range(0, len(split), batch_size):
+                x, y = split.batch(slice(start, start + batch_size), model.spec)
+                if y is None:
+                    raise ConfigError("train.monitor error needs a labelled validation split")
+                predicted = model.classify(x.to(model.device))
+                wrong += int((predicted.cpu() != y.cpu()).sum())
+                count += x.shape[0]
+        finally:
+            model.train(was_training)
+        return wrong / max(1, count)
+
+    return score
+
+
+MMD_MONITOR = "mmd"
+
+
+def _mmd_monitor(samples: int, seed: int, batch_size: int) -> Callable:
+    from dgm.eval.quality import mmd
+
+    @torch.no_grad()
+    def score(model: GenerativeModel, split: Split) -> float:
+        real, _ = split.batch(slice(None), model.spec)
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        try:
+            fake = torch.cat([
+                model.sample(min(batch_size, samples - start), generator=generator).cpu()
+                for start in range(0, samples, batch_size)])
+        finally:
+            model.train(was_training)
+        if not bool(torch.isfinite(fake).all()):
+            return math.inf  # a diverged model is never the best
+        return mmd(real.cpu().flatten(1).double(), fake.flatten(1).double()).value
+
+    return score
+
+
 def resolve_monitor(
     model: GenerativeModel,
     name: str,
@@ -108,11 +166,36 @@ def resolve_monitor(
             f"{label} of {samples} samples to the validation split (sample quality)",
             _quality_monitor(name, dataset, samples, seed),
         )
+    if name == MMD_MONITOR:
+        if model.spec.kind is not DataKind.CONTINUOUS:
+            raise ConfigError(
+                f"train.monitor mmd is for continuous data; {model.spec.kind.value} data: "
+                f"choose fd or kid (images with a feature net) or a likelihood"
+            )
+        return Monitor(
+            MMD_MONITOR,
+            f"MMD² of {samples} samples to the validation split (sample quality)",
+            _mmd_monitor(samples, seed, batch_size),
+        )
+    if name == ERROR_MONITOR:
+        if not isinstance(model, Classifies):
+            raise ConfigError(
+                f"train.monitor error needs a model with a classify method; "
+                f"{type(model).__name__} has none"
+            )
+        if model.spec.num_classes is None:
+            raise ConfigError("train.monitor error needs labelled data")
+        return Monitor(
+            ERROR_MONITOR,
+            "classification error on the validation split (not a likelihood)",
+            _error_monitor(batch_size),
+        )
     try:
         method = resolve_method(model, name)
     except ConfigError as e:
         raise ConfigError(
-            f"train.monitor: {e}; or choose objective, {', '.join(QUALITY_MONITORS)}"
+            f"train.monitor: {e}; or choose objective, {', '.join(QUALITY_MONITORS)}, "
+            f"{MMD_MONITOR}, {ERROR_MONITOR}"
         ) from None
     return Monitor(method, method_label(model, method, k), _likelihood_monitor(
         method, k, batch_size, seed))

@@ -75,7 +75,10 @@ class GANConfig:
         hidden: width of the MLPs' hidden layers (and of the conv discriminator's last one).
         num_hidden: hidden layers of each MLP.
         width: channels of the conv networks' first (discriminator) / last (generator) block.
-        spectral_norm: spectrally normalise every discriminator layer (Miyato et al. 2018).
+        spectral_norm: spectrally normalise every discriminator layer (Miyato et al. 2018). The
+            normalised critic needs SN-GAN's optimizer (Adam β1 = 0, more than one critic
+            step; configs/hinge_sn_digits.yaml): with Adam(2e-3, β1 = 0.5) and one critic step
+            it lags the generator and the GAN collapses.
         conditional: class-conditional G(z, y) and projection discriminator D(x, y).
         critic_steps: discriminator steps per generator step.
         clamp_eps: the book's clamp D ∈ [ε, 1 - ε] (0: none), on the logits, in the

@@ -34,9 +34,19 @@ on [-3, 3] (standardized continuous data).
 **Likelihood.** ``log_prob`` is -E_θ(u(x)), unnormalized (``Likelihood.UNNORMALIZED``): the
 evaluator does not report it as an NLL. On discrete data :meth:`EBM.log_prob_estimate` gives
 an AIS estimate for the discrete model p(v) ∝ exp(-E_θ(u(v))) over the L^D lattice: log Z by
-annealed importance sampling (Neal 2001; Book §7.6) from the independent per-pixel categorical
-fitted to the training data, with Metropolis-Hastings moves that redraw a random block of
-pixels from that categorical.
+annealed importance sampling (Neal 2001; Book §7.6) along the geometric path q^(1-β) f^β from a
+normalized, exactly sampleable base q. ``ais_base: data`` takes the independent per-pixel
+categorical of the training data; ``ais_base: samples`` a mixture of independent categoricals
+(:class:`CategoricalMixture`) fitted by EM to the model's own chains (replay-buffer states run
+``ais_base_steps`` more Langevin steps, rounded to levels). The base is fixed before AIS draws
+its chains, so Ẑ stays unbiased whatever the base; a base near p_θ leaves less to anneal. Each
+temperature applies ``ais_sweeps`` times: a Metropolis-Hastings move that redraws a random
+block of pixels from the data's categorical (:func:`lattice_block_mh_step`), an independence
+move proposing from the base (``samples`` only) and exact single-site Gibbs updates over the L
+levels of ``ais_gibbs_sites`` random pixels (:func:`lattice_gibbs_step`). Every move leaves
+q^(1-β) f^β invariant. The AIS likelihood is only as good as its convergence: a model trained
+with a sampler that does not mix can hide deep energy minima that its own chains never reach
+and AIS keeps finding as it works harder (a log Ẑ that grows with the temperature count).
 
 **Divergence.** If |E| of a data point or a negative exceeds ``max_energy`` (or is not
 finite), the loss term ``energy_blowup`` is +inf for that example: the trainer's non-finite
@@ -71,7 +81,8 @@ from dgm.core.nn import mlp
 from dgm.core.registry import register_model
 from dgm.core.spec import DataKind, DataSpec
 
-__all__ = ["EBMConfig", "EBM", "energy_network", "categorical_block_mh_step"]
+__all__ = ["EBMConfig", "EBM", "energy_network", "categorical_block_mh_step",
+           "CategoricalMixture", "lattice_block_mh_step", "lattice_gibbs_step"]
 
 # Restarts of continuous (standardized) data are uniform on [-CONTINUOUS_BOX, CONTINUOUS_BOX].
 CONTINUOUS_BOX = 3.0
@@ -103,7 +114,19 @@ class EBMConfig:
         ais_chains: AIS chains of :meth:`EBM.log_prob_estimate` (discrete data).
         ais_temperatures: AIS temperatures.
         ais_block: pixels redrawn per Metropolis-Hastings move of AIS.
-        ais_sweeps: Metropolis-Hastings moves per AIS temperature.
+        ais_sweeps: Markov moves per AIS temperature (each: one block Metropolis-Hastings
+            move, one independence move from the base when ``ais_base`` is ``samples``, and
+            ``ais_gibbs_sites`` single-site Gibbs updates).
+        ais_gibbs_sites: pixels per move updated by exact single-site Gibbs over the L levels
+            (one batched energy evaluation of the L candidates per pixel); 0 for none.
+        ais_base: the normalized base of AIS: ``data`` (the independent per-pixel categorical
+            fitted to the training data) or ``samples`` (a mixture of ``ais_components``
+            independent categoricals fitted by EM to the model's own replay-buffer chains
+            when the estimate is made; closer to p_θ, so AIS has less to anneal).
+        ais_components: components of the ``samples`` base.
+        ais_base_steps: Langevin steps run from ``ais_base_chains`` replay-buffer chains
+            before the ``samples`` base is fitted to them (the buffer itself lags behind p_θ).
+        ais_base_chains: chains the ``samples`` base is fitted to.
         likelihood: ``unnormalized`` (``log_prob`` = -E, no NLL is reported) or ``ais``
             (discrete data only: ``Likelihood.ESTIMATE``, ``log_prob`` = -E - log Ẑ with log Ẑ
             by AIS, computed once per parameter state; the evaluator reports it as an
@@ -128,6 +151,11 @@ class EBMConfig:
     ais_temperatures: int = 1000
     ais_block: int = 8
     ais_sweeps: int = 1
+    ais_gibbs_sites: int = 0
+    ais_base: Literal["data", "samples"] = "data"
+    ais_components: int = 20
+    ais_base_steps: int = 1000
+    ais_base_chains: int = 500
     likelihood: Literal["unnormalized", "ais"] = "unnormalized"
 
     def __post_init__(self) -> None:
@@ -143,7 +171,7 @@ class EBMConfig:
         if isinstance(noise, float) and not (math.isfinite(noise) and noise >= 0):
             raise ConfigError(f"model.noise must be 'tied' or a noise std >= 0, got {noise}")
         counts = ("hidden", "num_hidden", "channels", "langevin_steps", "buffer_size",
-                  "ais_chains", "ais_block", "ais_sweeps")
+                  "ais_chains", "ais_block", "ais_sweeps", "ais_components")
         for name in counts:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -153,6 +181,12 @@ class EBMConfig:
             raise ConfigError(f"model.step_size must be > 0, got {self.step_size}")
         if not (self.energy_reg >= 0 and self.dequant_std >= 0 and self.max_energy > 0):
             raise ConfigError("model.energy_reg and dequant_std must be >= 0, max_energy > 0")
+        if self.ais_base_steps < 0 or self.ais_base_chains < 1:
+            raise ConfigError("model.ais_base_steps must be >= 0 and ais_base_chains >= 1")
+        if self.ais_gibbs_sites < 0:
+            raise ConfigError(f"model.ais_gibbs_sites must be >= 0, got {self.ais_gibbs_sites}")
+        if self.ais_base not in ("data", "samples"):
+            raise ConfigError(f"model.ais_base must be data or samples, got {self.ais_base!r}")
         if not 0 <= self.reinit_prob <= 1:
             raise ConfigError(f"model.reinit_prob must lie in [0, 1], got {self.reinit_prob}")
 
@@ -239,6 +273,104 @@ def categorical_block_mh_step(
     log_accept = beta * (log_target(v_new) - log_target(v) + log_q_old - log_q_new)
     accept = torch.rand(m, generator=generator, device=gen_device).to(v.device).log() < log_accept
     return torch.where(accept.unsqueeze(1), v_new, v)
+
+
+def _draw_categorical(log_p: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One draw per row of the categorical with log-probabilities log_p (..., L) -> (...)."""
+    gen_device = generator.device if generator is not None else log_p.device
+    u = torch.rand(*log_p.shape[:-1], 1, generator=generator, device=gen_device)
+    cdf = torch.softmax(log_p, -1).cumsum(-1).contiguous()
+    return torch.searchsorted(cdf, u.to(log_p.device)).squeeze(-1).clamp_max(log_p.shape[-1] - 1)
+
+
+class CategoricalMixture:
+    r"""A normalized, exactly sampleable distribution on the lattice {0..L-1}^D: a mixture
+    q(v) = Σ_k π_k Π_d θ_kd(v_d) of independent categoricals (one component: the independent
+    categorical). ``log_weights`` (K,), ``log_theta`` (K, D, L), both normalized."""
+
+    def __init__(self, log_weights: Tensor, log_theta: Tensor) -> None:
+        self.log_weights = torch.log_softmax(log_weights.double(), 0)
+        self.log_theta = torch.log_softmax(log_theta.double(), -1)
+
+    @classmethod
+    def fit(cls, v: Tensor, levels: int, components: int, *, iterations: int = 50,
+            pseudo_count: float = 0.5, generator: torch.Generator | None = None
+            ) -> "CategoricalMixture":
+        """EM fit to the levels v (N, D), from random responsibilities; ``pseudo_count`` per
+        level and component keeps every state possible."""
+        x = F.one_hot(v.long(), levels).to(torch.float64)  # (N, D, L)
+        gen_device = generator.device if generator is not None else v.device
+        r = torch.rand(v.shape[0], components, generator=generator, device=gen_device)
+        r = (r.to(x) + 0.1) / (r.to(x) + 0.1).sum(1, keepdim=True)
+        for _ in range(iterations):
+            log_pi = torch.log(r.sum(0) + 1.0) - torch.log(r.sum() + components)
+            counts = torch.einsum("nk,ndl->kdl", r, x) + pseudo_count
+            log_theta = torch.log(counts / counts.sum(-1, keepdim=True))
+            joint = log_pi + torch.einsum("ndl,kdl->nk", x, log_theta)
+            r = torch.softmax(joint, 1)
+        return cls(log_pi, log_theta)
+
+    def log_prob(self, v: Tensor) -> Tensor:
+        """log q(v), (M,), for levels v (M, D)."""
+        x = F.one_hot(v.long(), self.log_theta.shape[-1]).to(self.log_theta)
+        return torch.logsumexp(self.log_weights + torch.einsum("mdl,kdl->mk", x, self.log_theta),
+                               1)
+
+    def sample(self, m: int, generator: torch.Generator | None = None) -> Tensor:
+        """m exact draws, (m, D) long."""
+        k = _draw_categorical(self.log_weights.expand(m, -1), generator)
+        return _draw_categorical(self.log_theta[k], generator)
+
+
+def lattice_block_mh_step(
+    v: Tensor,
+    log_p: Callable[[Tensor], Tensor],
+    proposal_logits: Tensor,
+    block: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""One Metropolis-Hastings move for any unnormalized log p on the lattice (v: (M, D)).
+
+    A random block B of ``block`` coordinates (the same for the whole batch) is redrawn from
+    the independent categorical r_B with logits ``proposal_logits`` (D, L); acceptance
+    min(1, p(v') r_B(v_B) / (p(v) r_B(v'_B))) leaves p invariant.
+    """
+    m, d = v.shape
+    gen_device = generator.device if generator is not None else v.device
+    sites = torch.randperm(d, generator=generator, device=gen_device)[:block].to(v.device)
+    log_r = torch.log_softmax(proposal_logits, -1)[sites]  # (B, L)
+    proposal = _draw_categorical(log_r.expand(m, -1, -1), generator)
+    v_new = v.clone()
+    v_new[:, sites] = proposal
+    arange = torch.arange(len(sites), device=v.device)
+    log_accept = (log_p(v_new) - log_p(v) + log_r[arange, v[:, sites]].sum(1)
+                  - log_r[arange, proposal].sum(1))
+    accept = torch.rand(m, generator=generator, device=gen_device).to(v.device).log() < log_accept
+    return torch.where(accept.unsqueeze(1), v_new, v)
+
+
+def lattice_gibbs_step(
+    v: Tensor,
+    log_p: Callable[[Tensor], Tensor],
+    levels: int,
+    sites: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Exact single-site Gibbs updates of ``sites`` random coordinates (the same for the whole
+    batch, in turn): coordinate s is redrawn from p(v_s = l | v_rest) ∝ p(v with v_s = l),
+    the L candidates of all M chains scored by one batched call of ``log_p``. Each update
+    leaves p invariant."""
+    m, d = v.shape
+    gen_device = generator.device if generator is not None else v.device
+    order = torch.randperm(d, generator=generator, device=gen_device)[:sites].tolist()
+    candidates = torch.arange(levels, device=v.device)
+    for s in order:
+        cand = v.unsqueeze(1).repeat(1, levels, 1)  # (M, L, D)
+        cand[:, :, s] = candidates
+        logits = log_p(cand.reshape(m * levels, d)).reshape(m, levels)
+        v = v.clone()
+        v[:, s] = _draw_categorical(logits, generator)
+    return v
 
 
 @register_model("ebm", EBMConfig)
@@ -444,27 +576,58 @@ class EBM(GenerativeModel):
         c = self.config
         m = chains or c.ais_chains
         betas = ais_temperatures(temperatures or c.ais_temperatures)
-        log_q = torch.log_softmax(self.base_logits, -1)  # (D, L)
-        gen_device = generator.device if generator is not None else self.shift.device
-        u = torch.rand(m, self.spec.dim, 1, generator=generator, device=gen_device)
-        v0 = torch.searchsorted(log_q.exp().cumsum(-1).expand(m, -1, -1).contiguous(),
-                                u.to(log_q.device)).squeeze(-1).clamp_max(log_q.shape[1] - 1)
-        arange = torch.arange(self.spec.dim, device=log_q.device)
-
-        def log_base(v: Tensor) -> Tensor:
-            return log_q[arange, v].sum(1)
+        base = self.ais_base(generator)
+        v0 = base.sample(m, generator)
+        levels, dim = int(self.spec.num_levels), self.spec.dim
 
         def log_intermediate(v: Tensor, beta: float) -> Tensor:
-            return (1 - beta) * log_base(v) + beta * self._lattice_log_f(v)
+            return (1 - beta) * base.log_prob(v) + beta * self._lattice_log_f(v)
 
         def transition(v: Tensor, beta: float, gen: torch.Generator | None) -> Tensor:
+            def log_p(w: Tensor) -> Tensor:
+                return log_intermediate(w, beta)
+
             for _ in range(c.ais_sweeps):
-                v = categorical_block_mh_step(v, self._lattice_log_f, self.base_logits, beta,
-                                              min(c.ais_block, self.spec.dim), gen)
+                v = lattice_block_mh_step(v, log_p, self.base_logits, min(c.ais_block, dim),
+                                          gen)
+                if c.ais_base == "samples":  # an independence move: propose from the base
+                    v = self._independence_mh_step(v, base, log_p, gen)
+                if c.ais_gibbs_sites > 0:
+                    v = lattice_gibbs_step(v, log_p, levels, min(c.ais_gibbs_sites, dim), gen)
             return v
 
         return annealed_importance_sampling(v0, log_intermediate, transition, betas,
                                             log_z_base=0.0, generator=generator)
+
+    @staticmethod
+    def _independence_mh_step(v: Tensor, base: CategoricalMixture,
+                              log_p: Callable[[Tensor], Tensor],
+                              generator: torch.Generator | None) -> Tensor:
+        """Metropolis-Hastings with the base q as an independent proposal: accept v' ~ q with
+        min(1, p(v') q(v) / (p(v) q(v')))."""
+        gen_device = generator.device if generator is not None else v.device
+        v_new = base.sample(v.shape[0], generator).to(v.device)
+        log_accept = log_p(v_new) - log_p(v) + base.log_prob(v) - base.log_prob(v_new)
+        u = torch.rand(v.shape[0], generator=generator, device=gen_device).to(v.device)
+        return torch.where((u.log() < log_accept).unsqueeze(1), v_new, v)
+
+    @torch.no_grad()
+    def ais_base(self, generator: torch.Generator | None = None) -> CategoricalMixture:
+        """The normalized base of AIS (``model.ais_base``): the per-pixel categorical of the
+        training data, or a mixture of categoricals fitted by EM to the replay buffer's chains
+        (rounded to levels). Either is fixed before AIS draws anything, so Ẑ stays unbiased."""
+        if self.config.ais_base == "data":
+            return CategoricalMixture(torch.zeros(1, device=self.base_logits.device),
+                                      self.base_logits.unsqueeze(0).double())
+        c = self.config
+        gen_device = generator.device if generator is not None else self.shift.device
+        n = min(c.ais_base_chains, c.buffer_size)
+        index = torch.randperm(c.buffer_size, generator=generator, device=gen_device)[:n]
+        u = self.langevin(self.buffer.states[index.to(self.shift.device)], c.ais_base_steps,
+                          generator=generator)
+        v = self.to_data(u).reshape(n, -1)
+        return CategoricalMixture.fit(v.long(), int(self.spec.num_levels), c.ais_components,
+                                      generator=generator)
 
     def log_prob_estimate(
         self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None
