@@ -60,6 +60,9 @@ MODELS: dict[str, tuple[str, list[str], list[tuple[str, int | None]]]] = {
     "density_network": ("density_network_digits", [], [("iwae", 10000)]),
 }
 
+#: 2-D toys: the density and samples are drawn (``boltzmann_<model>.png``)
+TOYS = {"gaussian_rbm_moons": ("gaussian_rbm_moons", [], [("exact", None)])}
+
 #: binarized MNIST (``--mnist``): scored with 10,000 AIS temperatures
 MNIST = {"rbm500_binary_mnist": ("rbm_binary_mnist", [], [("estimate", None)])}
 
@@ -112,7 +115,7 @@ def save_grid(samples: torch.Tensor, spec, name: str) -> None:
 
 
 def run_model(key: str) -> dict[str, Any]:
-    preset, overrides, methods = {**MODELS, **MNIST}[key]
+    preset, overrides, methods = {**MODELS, **TOYS, **MNIST}[key]
     run_dir, how = ensure_trained({"key": f"boltzmann-{key}", "preset": preset,
                                    "overrides": overrides}, 0)
     run = open_run(run_dir)
@@ -132,10 +135,42 @@ def run_model(key: str) -> dict[str, Any]:
         d = model.mixing(500, generator=torch.Generator().manual_seed(0))
         row["mixing"] = {"integrated_time": d.integrated_time,
                          "rho1": float(d.autocorrelation[1]), "age": d.age}
-    with torch.no_grad():
-        samples = model.sample(64, generator=torch.Generator().manual_seed(0))
-    save_grid(samples, model.spec, key)
+    if key in TOYS:
+        save_toy(model, data, key)
+    else:
+        with torch.no_grad():
+            samples = model.sample(64, generator=torch.Generator().manual_seed(0))
+        save_grid(samples, model.spec, key)
     return row
+
+
+def save_toy(model, data, name: str) -> None:
+    """The model's density on a grid, the test points and 2000 samples, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = data.test.x
+    lo, hi = real.min(0).values - 0.5, real.max(0).values + 0.5
+    gx, gy = torch.meshgrid(torch.linspace(float(lo[0]), float(hi[0]), 200),
+                            torch.linspace(float(lo[1]), float(hi[1]), 200), indexing="xy")
+    with torch.no_grad():
+        density = model.log_prob(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(200, 200)
+        fake = model.sample(2000, generator=torch.Generator().manual_seed(0))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+    axes[0].imshow(density, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+    axes[0].set_title("model density p(x) (exact)", fontsize=12)
+    axes[1].scatter(real[:, 0], real[:, 1], s=2, c="k", alpha=0.4, label="test data")
+    axes[1].scatter(fake[:, 0], fake[:, 1], s=2, c="tab:orange", alpha=0.5, label="samples")
+    axes[1].set_xlim(extent[:2])
+    axes[1].set_ylim(extent[2:])
+    axes[1].legend(fontsize=10, markerscale=4)
+    axes[1].set_title("test data and Gibbs samples", fontsize=12)
+    fig.suptitle(f"{name}", fontsize=13)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"boltzmann_{name}.png")
+    plt.close(fig)
 
 
 def sklearn_rows(hidden: int) -> dict[str, Any]:
@@ -186,6 +221,7 @@ def main() -> None:
     p.add_argument("--redo", action="store_true")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--mnist", action="store_true", help="also the RBM-500 on binarized MNIST")
+    p.add_argument("--no-toys", action="store_true", help="skip the Gaussian RBM on the moons")
     args = p.parse_args()
     torch.set_num_threads(1)
     data = read()
@@ -194,6 +230,8 @@ def main() -> None:
         rows["independent_bernoulli"] = floor_row("binary_digits")
         rows["independent_bernoulli_4x4"] = floor_row("binary_digits_4x4")
         keys = args.only or list(MODELS)
+        if not args.no_toys and not args.only:
+            keys += list(TOYS)
         if args.mnist:
             keys += [k for k in MNIST if k not in keys]
         for key in keys:

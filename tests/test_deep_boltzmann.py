@@ -160,3 +160,14 @@ def test_dbn_trains_one_layer_at_a_time_and_starts_the_next_from_the_features():
     assert model.layers[0].weight.grad is None and top.weight.grad is not None
     s = model.sample(5, generator=torch.Generator().manual_seed(0))
     assert s.shape == (5, 3)
+
+
+def test_chain_models_have_the_mixing_capability_and_others_do_not():
+    from dgm.core.capabilities import MarkovChains
+
+    binary = spec(2, 4)
+    for name, options in [("rbm", {"hidden": 3}), ("subspace_rbm", {"gates": 2, "subspace": 2}),
+                          ("dbm", {"hidden": [3, 2]})]:
+        assert isinstance(build_model(name, binary, options), MarkovChains), name
+    assert not isinstance(build_model("fvbm", binary, {}), MarkovChains)
+    assert not isinstance(build_model("dbn", binary, {"hidden": [3, 2]}), MarkovChains)

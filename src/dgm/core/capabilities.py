@@ -25,6 +25,7 @@ __all__ = [
     "Generates",
     "Reconstructs",
     "Classifies",
+    "MarkovChains",
 ]
 
 
@@ -187,4 +188,14 @@ class Classifies(Protocol):
 
     def classify(self, x: Tensor) -> Tensor:
         """The most probable class of each example, (N,) integers."""
+        ...
+
+
+@runtime_checkable
+class MarkovChains(Protocol):
+    """A model sampled by persistent Markov chains (Boltzmann machines) whose mixing can be
+    diagnosed: the report shows it."""
+
+    def mixing(self, steps: int = 500, *, generator: torch.Generator | None = None) -> object:
+        """A :class:`dgm.core.chains.ChainDiagnostics` of ``steps`` further sweeps."""
         ...

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
+from dgm.core.capabilities import MarkovChains
 from dgm.core.capabilities import Reconstructs
 from dgm.data.dataset import Dataset
 from dgm.core.spec import DataKind
@@ -190,6 +191,7 @@ def write_report(
         f"parameters: {info.get('num_parameters', 0):,} &middot; epochs: {info.get('epochs_completed')}"
         f" (best {info.get('best_epoch')}) &middot; stopped early: "
         f"{'yes' if info.get('stopped_early') else 'no'}"
+        f" &middot; recoveries from non-finite steps (rollbacks): {info.get('rollbacks', 0)}"
         f" &middot; wall {info.get('wall_s', 0):.1f} s, CPU {info.get('cpu_s', 0):.1f} s"
         f" &middot; likelihood: {html.escape(str(info.get('likelihood')))}"
         f" &middot; torch {html.escape(info.get('versions', {}).get('torch', '?'))}</p>"
@@ -250,6 +252,14 @@ def write_report(
             )
     if isinstance(model, LatentVariable) and tokenizer is None:
         parts.append(_latent_section(model, dataset))
+    if isinstance(model, MarkovChains):
+        with torch.no_grad():
+            diagnostics = model.mixing(500, generator=torch.Generator().manual_seed(seed))
+        parts.append(
+            "<h2>Mixing</h2><p>" + html.escape(diagnostics.line()) + "</p><p class=note>Of the "
+            "free energy along 500 further Gibbs sweeps of copies of the persistent chains: "
+            "the integrated autocorrelation time is how many sweeps one independent draw "
+            "costs.</p>")
     cfg = yaml.safe_dump(run.config.to_dict(), sort_keys=False)
     parts.append(f"<h2>Config</h2><pre>{html.escape(cfg)}</pre>")
     style = (
