@@ -1,0 +1,175 @@
+"""Benchmark: sample quality of the GAN family and the EBM on 8-bit MNIST (issue 16).
+
+    python benchmarks/gan_mnist.py [--variants nonsaturating conditional ...] [--seeds 0]
+        [--n 1000] [--n-real 1000] [--no-floor]
+
+As ``gan_digits.py`` does it on the 8x8 digits (its ``COLLAPSE`` thresholds and ``summarize``;
+``quality_digits.py``'s ``draw``, ``split_images`` and ``scores``), on MNIST (28x28, 256
+levels; the files under ./data/mnist): each variant is a ``configs/*_mnist.yaml`` preset
+trained by the real trainer with one thread under the preset's wall-clock budget
+(``train.time_budget_s``), so every figure is a CPU budget's, not convergence's. The saved
+weights (the best by validation FD, EMA weights where the preset has EMA) draw n samples in one
+call with a generator seeded 0, scored with the library's MNIST feature net
+(``feature_net("mnist")``, trained on first use and cached under data/features) against one
+fixed real set: ``n_real`` test images chosen by ``torch.randperm`` with a generator seeded 0
+(the same set for every row). FD, KID (with its jackknife standard error), precision and recall
+(k = 3), density and coverage. A seed whose samples collapse or diverge (precision or recall
+below 0.2, or FD above 100) is flagged ``collapsed``. The conditional GAN also reports the
+feature net's accuracy on samples drawn for given labels.
+
+The floor: ``n_real`` training images (randperm, generator seeded 0) against the same test set.
+Rows land in ``benchmarks/results/gan_mnist.json`` as they finish (read, merged and written
+under a file lock, so two processes may run disjoint variants side by side), with
+``gan_mnist_<variant>.png`` (64 samples of seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, machine  # noqa: E402
+from gan_digits import COLLAPSE, summarize  # noqa: E402
+from quality_digits import draw, scores, split_images  # noqa: E402
+
+from dgm.config import load_config  # noqa: E402
+from dgm.data import load  # noqa: E402
+from dgm.eval.features import feature_net  # noqa: E402
+from dgm.eval.plots import image_grid, save_png  # noqa: E402
+from dgm.eval.quality import compare, conditional_accuracy  # noqa: E402
+from dgm.runs import INFO, open_run  # noqa: E402
+from dgm.train.trainer import train  # noqa: E402
+
+CONFIGS = ROOT / "configs"
+OUT = RESULTS / "gan_mnist.json"
+METRICS = ("fd", "kid", "pr", "dc")
+# variant: (preset, overrides, what); in the order of the issue
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "nonsaturating": ("gan_mnist", [], "MLP GAN, non-saturating loss (configs/gan_mnist.yaml)"),
+    "conditional": ("cgan_mnist", [], "MLP, class-conditional, projection discriminator"),
+    "wgan_gp": ("wgan_gp_mnist", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
+    "gmmn": ("gmmn_mnist", [], "GMMN: MMD² with 5 Gaussian kernels"),
+    "ebm": ("ebm_mnist", [], "MLP energy, Langevin from a replay buffer (configs/ebm_mnist.yaml)"),
+    # diagnostic of ebm: 5% restarts per draw (JEM's, the library default) instead of 1%: more
+    # of the buffer's chains that `sample` continues are young, still noise
+    "ebm_reinit05": ("ebm_mnist", ["model.reinit_prob=0.05"], "ebm with 5% restarts per draw"),
+}
+
+
+def subset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """n rows of x chosen by randperm with a generator seeded ``seed`` (kept in their order)."""
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx.sort().values]
+
+
+def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> dict[str, Any]:
+    preset, overrides, what = VARIANTS[variant]
+    cfg = load_config(CONFIGS / f"{preset}.yaml", overrides)
+    cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, 1, False
+    run_dir = workdir / f"{variant}-{seed}"
+    train(cfg, run_dir)
+    info = json.loads((run_dir / INFO).read_text())
+    model = open_run(run_dir).load_model()
+    fake, sample_cpu, sample_wall = draw(model, n, 0)
+    r = compare(test, fake, dataset="mnist", spec=data.spec, metrics=list(METRICS),
+                split="test", seed=0, net=net)
+    row: dict[str, Any] = {
+        "variant": variant, "model": info.get("model"), "seed": seed, "preset": preset,
+        "overrides": overrides, "what": what, "cpu_s": info.get("cpu_s"),
+        "wall_s": info.get("wall_s"), "time_budget_s": cfg.train.time_budget_s,
+        "params": info.get("num_parameters"), "epochs": info.get("epochs_completed"),
+        "best_epoch": info.get("best_epoch"), "best_val_fd": info.get("best_val"),
+        "rollbacks": info.get("rollbacks"), "sample_cpu_s": sample_cpu,
+        "sample_wall_s": sample_wall, "sample_dtype": str(fake.dtype).replace("torch.", ""),
+        **scores(r)}
+    row["collapsed"] = bool(row["precision"] < COLLAPSE["precision"]
+                            or row["recall"] < COLLAPSE["recall"]
+                            or not row["fd"] < COLLAPSE["fd"])
+    if getattr(model, "num_classes", 0):
+        labels = torch.arange(n) % data.spec.num_classes
+        with torch.no_grad():
+            x = model.sample(n, y=labels, generator=torch.Generator().manual_seed(0))
+        row["conditional_accuracy"] = conditional_accuracy(x, labels, net)
+    if seed == 0:
+        grid = image_grid(fake[:64].float(), data.spec, ncol=8)
+        save_png(grid, RESULTS / f"gan_mnist_{variant}.png", scale=2)
+    print(f"{variant} seed {seed}: {r.line()}, {row['cpu_s']:.0f} CPU s, {row['epochs']} epochs, "
+          f"{row['params']} params{' COLLAPSED' if row['collapsed'] else ''}", flush=True)
+    return row
+
+
+def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
+    """Write ``fields`` (and ``rows``, replacing those of the same variant and seed) into the
+    results file as it is now, under a lock, so that processes running other variants share it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "dgm_gan_mnist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+        result.update(fields)
+        if rows:
+            done = {(r["variant"], r["seed"]) for r in rows}
+            result["rows"] = [r for r in result.get("rows", [])
+                              if (r["variant"], r["seed"]) not in done] + rows
+            order = list(VARIANTS)
+            result["rows"].sort(key=lambda r: (order.index(r["variant"])
+                                               if r["variant"] in order else len(order),
+                                               r["seed"]))
+        result["summary"] = summarize(result.get("rows", []))
+        tmp = OUT.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, OUT)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n-real", type=int, default=1000)
+    p.add_argument("--no-floor", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    data = load("mnist")
+    test = subset(split_images(data, "test"), args.n_real)
+    c0 = time.process_time()
+    net = feature_net("mnist")  # trained and cached on first use
+    net_s = time.process_time() - c0
+    _merge({"machine": machine(),
+            "settings": {"n": args.n, "sample_seed": 0, "n_real": len(test),
+                         "real": f"mnist test: {len(test)} of 10000 by randperm, generator "
+                                 "seeded 0 (the same set for every row)",
+                         "feature_net": net.tag, "feature_net_test_accuracy": net.test_accuracy,
+                         "threads": 1, "metrics": list(METRICS), "k_pr": 3, "k_dc": 5,
+                         "collapse_thresholds": COLLAPSE,
+                         "budget": "each preset's train.time_budget_s (wall s, checked at the "
+                                   "end of an epoch)"}})
+    if net_s > 1.0:
+        _merge({"feature_net_train_cpu_s": net_s})
+    if not args.no_floor:
+        train_x = subset(split_images(data, "train"), args.n_real)
+        r = compare(test, train_x, dataset="mnist", spec=data.spec, metrics=list(METRICS),
+                    split="test", seed=0, net=net)
+        print(f"floor (train vs test): {r.line()}", flush=True)
+        _merge({"floor": {"what": f"{len(train_x)} training images (randperm, generator "
+                                  "seeded 0) against the same test set", **scores(r)}})
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            for seed in args.seeds:
+                row = run_one(variant, seed, args.n, data, test, net, Path(tmp))
+                _merge({}, [row])
+    print(f"wrote {OUT} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
