@@ -69,23 +69,29 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 COLLAPSE = {"precision": 0.2, "recall": 0.2, "fd": 100.0}
 
 
-def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> dict[str, Any]:
-    preset, overrides, what = VARIANTS[variant]
+def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path, *,
+            variants: dict[str, tuple[str, list[str], str]] | None = None,
+            prefix: str = "gan_digits", scale: int = 3) -> dict[str, Any]:
+    """Train ``variant`` (of ``variants``, default this file's) for ``seed``, then score n
+    samples against ``test`` on ``net``; seed 0 also saves ``<prefix>_<variant>.png``."""
+    preset, overrides, what = (variants or VARIANTS)[variant]
     cfg = load_config(CONFIGS / f"{preset}.yaml", overrides)
     cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, 1, False
     run_dir = workdir / f"{variant}-{seed}"
     train(cfg, run_dir)
     info = json.loads((run_dir / INFO).read_text())
     model = open_run(run_dir).load_model()
-    fake, sample_cpu, _ = draw(model, n, 0)
-    r = compare(test, fake, dataset="digits", spec=data.spec, metrics=list(METRICS),
+    fake, sample_cpu, sample_wall = draw(model, n, 0)
+    r = compare(test, fake, dataset=data.name, spec=data.spec, metrics=list(METRICS),
                 split="test", seed=0, net=net)
     row: dict[str, Any] = {
-        "variant": variant, "seed": seed, "preset": preset, "overrides": overrides,
-        "what": what, "cpu_s": info.get("cpu_s"), "wall_s": info.get("wall_s"),
+        "variant": variant, "model": info.get("model"), "seed": seed, "preset": preset,
+        "overrides": overrides, "what": what, "cpu_s": info.get("cpu_s"),
+        "wall_s": info.get("wall_s"), "time_budget_s": cfg.train.time_budget_s,
         "params": info.get("num_parameters"), "epochs": info.get("epochs_completed"),
         "best_epoch": info.get("best_epoch"), "best_val_fd": info.get("best_val"),
-        "sample_cpu_s": sample_cpu, "sample_dtype": str(fake.dtype).replace("torch.", ""),
+        "rollbacks": info.get("rollbacks"), "sample_cpu_s": sample_cpu,
+        "sample_wall_s": sample_wall, "sample_dtype": str(fake.dtype).replace("torch.", ""),
         **scores(r)}
     row["collapsed"] = bool(row["precision"] < COLLAPSE["precision"]
                             or row["recall"] < COLLAPSE["recall"]
@@ -97,8 +103,8 @@ def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> 
         row["conditional_accuracy"] = conditional_accuracy(x, labels, net)
     if seed == 0:
         grid = image_grid(fake[:64].float(), data.spec, ncol=8)
-        save_png(grid, RESULTS / f"gan_digits_{variant}.png", scale=3)
-    print(f"{variant} seed {seed}: {r.line()}, {row['cpu_s']:.0f} CPU s, "
+        save_png(grid, RESULTS / f"{prefix}_{variant}.png", scale=scale)
+    print(f"{variant} seed {seed}: {r.line()}, {row['cpu_s']:.0f} CPU s, {row['epochs']} epochs, "
           f"{row['params']} params{' COLLAPSED' if row['collapsed'] else ''}", flush=True)
     return row
 

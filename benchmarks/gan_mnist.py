@@ -38,19 +38,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, machine  # noqa: E402
+from common import RESULTS, machine  # noqa: E402
+import gan_digits  # noqa: E402
 from gan_digits import COLLAPSE, summarize  # noqa: E402
-from quality_digits import draw, scores, split_images  # noqa: E402
+from quality_digits import scores, split_images  # noqa: E402
 
-from dgm.config import load_config  # noqa: E402
 from dgm.data import load  # noqa: E402
 from dgm.eval.features import feature_net  # noqa: E402
-from dgm.eval.plots import image_grid, save_png  # noqa: E402
-from dgm.eval.quality import compare, conditional_accuracy  # noqa: E402
-from dgm.runs import INFO, open_run  # noqa: E402
-from dgm.train.trainer import train  # noqa: E402
+from dgm.eval.quality import compare  # noqa: E402
 
-CONFIGS = ROOT / "configs"
 OUT = RESULTS / "gan_mnist.json"
 METRICS = ("fd", "kid", "pr", "dc")
 # variant: (preset, overrides, what); in the order of the issue
@@ -73,39 +69,9 @@ def subset(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> dict[str, Any]:
-    preset, overrides, what = VARIANTS[variant]
-    cfg = load_config(CONFIGS / f"{preset}.yaml", overrides)
-    cfg.train.seed, cfg.train.threads, cfg.train.progress = seed, 1, False
-    run_dir = workdir / f"{variant}-{seed}"
-    train(cfg, run_dir)
-    info = json.loads((run_dir / INFO).read_text())
-    model = open_run(run_dir).load_model()
-    fake, sample_cpu, sample_wall = draw(model, n, 0)
-    r = compare(test, fake, dataset="mnist", spec=data.spec, metrics=list(METRICS),
-                split="test", seed=0, net=net)
-    row: dict[str, Any] = {
-        "variant": variant, "model": info.get("model"), "seed": seed, "preset": preset,
-        "overrides": overrides, "what": what, "cpu_s": info.get("cpu_s"),
-        "wall_s": info.get("wall_s"), "time_budget_s": cfg.train.time_budget_s,
-        "params": info.get("num_parameters"), "epochs": info.get("epochs_completed"),
-        "best_epoch": info.get("best_epoch"), "best_val_fd": info.get("best_val"),
-        "rollbacks": info.get("rollbacks"), "sample_cpu_s": sample_cpu,
-        "sample_wall_s": sample_wall, "sample_dtype": str(fake.dtype).replace("torch.", ""),
-        **scores(r)}
-    row["collapsed"] = bool(row["precision"] < COLLAPSE["precision"]
-                            or row["recall"] < COLLAPSE["recall"]
-                            or not row["fd"] < COLLAPSE["fd"])
-    if getattr(model, "num_classes", 0):
-        labels = torch.arange(n) % data.spec.num_classes
-        with torch.no_grad():
-            x = model.sample(n, y=labels, generator=torch.Generator().manual_seed(0))
-        row["conditional_accuracy"] = conditional_accuracy(x, labels, net)
-    if seed == 0:
-        grid = image_grid(fake[:64].float(), data.spec, ncol=8)
-        save_png(grid, RESULTS / f"gan_mnist_{variant}.png", scale=2)
-    print(f"{variant} seed {seed}: {r.line()}, {row['cpu_s']:.0f} CPU s, {row['epochs']} epochs, "
-          f"{row['params']} params{' COLLAPSED' if row['collapsed'] else ''}", flush=True)
-    return row
+    """gan_digits.run_one on this file's MNIST variants."""
+    return gan_digits.run_one(variant, seed, n, data, test, net, workdir, variants=VARIANTS,
+                              prefix="gan_mnist", scale=2)
 
 
 def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
