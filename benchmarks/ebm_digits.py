@@ -1,8 +1,9 @@
 """Benchmark: energy-based models on the 8x8 digits and the two-moons toy (issue 16, Book ch. 7).
 
     python benchmarks/ebm_digits.py [--seeds 0 1 2] [--ais-temperatures 3000]
+        [--skip jem ebm decoupled moons]
 
-(a) JEM (configs/jem_digits.yaml), seed 0: test error of p(y | x) beside the anchors (SVC 5.8%,
+(a) JEM (configs/jem_digits.yaml), each seed: test error of p(y | x) beside the anchors (SVC 5.8%,
     MLP 7.6%, the book's JEM-style EBM 7.6%; ANCHORS.md §6) and the sample quality of 447
     unconditional samples against the 447 test images (FD, KID, precision, recall with the
     shipped digits feature net, as benchmarks/quality_digits.py scores them).
@@ -22,13 +23,15 @@
 
 Training goes through the real trainer, one thread, progress off, into
 benchmarks/results/tmp/ebm_runs (git-ignored, rebuilt every time). CPU seconds are the
-trainer's (training loop and validation). Results: benchmarks/results/ebm_digits.json and the
-PNGs benchmarks/results/ebm_digits_*.png.
+trainer's (training loop and validation). Results: benchmarks/results/ebm_digits.json (the rows
+of parts skipped with ``--skip`` are kept from the last run) and the PNGs
+benchmarks/results/ebm_digits_*.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -115,16 +118,17 @@ def ais_nll(model, x: torch.Tensor, temperatures: int, seed: int) -> dict[str, A
     return out
 
 
-def jem_row(data, real: torch.Tensor, y_test: torch.Tensor) -> dict[str, Any]:
-    run_dir, error = fit("jem_digits", 0)
-    row: dict[str, Any] = {"model": "jem", "seed": 0, "error": error, **run_facts(run_dir)}
+def jem_row(data, real: torch.Tensor, y_test: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    run_dir, error = fit("jem_digits", seed)
+    row: dict[str, Any] = {"model": "jem", "seed": seed, "error": error, **run_facts(run_dir)}
     if error is None:
         model = open_run(run_dir).load_model("cpu")
         row["test_error"] = model.error_rate(real, y_test)
         x_val, y_val = data.val.batch(slice(None), data.spec)
         row["val_error"] = model.error_rate(x_val, y_val)
-        row["quality"], fake = quality(model, data, real, 0)
-        row["png"] = save_grid(fake, data.spec, "jem")
+        row["quality"], fake = quality(model, data, real, seed)
+        if seed == 0:
+            row["png"] = save_grid(fake, data.spec, "jem")
     return row
 
 
@@ -166,6 +170,10 @@ def moons_row() -> dict[str, Any]:
     return row
 
 
+def _part(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["model"], row.get("data", "digits"), row.get("seed", 0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
@@ -178,8 +186,9 @@ def main() -> None:
     y_test = data.test.y
     rows = []
     if "jem" not in args.skip:
-        rows.append(jem_row(data, real, y_test))
-        print(rows[-1], flush=True)
+        for seed in args.seeds:
+            rows.append(jem_row(data, real, y_test, seed))
+            print(rows[-1], flush=True)
     if "ebm" not in args.skip:
         for seed in args.seeds:
             rows.append(ebm_row(data, real, seed, args.ais_temperatures))
@@ -190,7 +199,13 @@ def main() -> None:
     if "moons" not in args.skip:
         rows.append(moons_row())
         print(rows[-1], flush=True)
-    path = write_result("ebm_digits", {"machine": machine(), "anchors": ANCHORS, "rows": rows})
+    # rows of parts skipped this time are kept from the last run
+    old = RESULTS / "ebm_digits.json"
+    done = {_part(r) for r in rows}
+    kept = [r for r in json.loads(old.read_text())["rows"] if _part(r) not in done] \
+        if old.is_file() else []
+    path = write_result("ebm_digits", {"machine": machine(), "anchors": ANCHORS,
+                                       "rows": kept + rows})
     print(f"wrote {path}")
 
 
