@@ -65,6 +65,15 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "hinge": ("gan_digits", ["model.loss=hinge"], "MLP, hinge loss, no spectral norm"),
     "nonsaturating_sn": ("hinge_sn_digits", ["model.loss=nonsaturating"],
                          "MLP, non-saturating loss, spectral norm, hinge_sn's optimizer"),
+    # the deck's training tricks (Salimans et al. 2016), one at a time on gan_digits
+    "feature_matching": ("gan_digits", ["model.feature_matching=1.0"],
+                         "non-saturating + feature matching (weight 1)"),
+    "minibatch_std": ("gan_digits", ["model.minibatch_std=true"],
+                      "non-saturating + minibatch standard deviation feature"),
+    "label_smoothing": ("gan_digits", ["model.label_smoothing=0.1"],
+                        "non-saturating + one-sided label smoothing 0.1"),
+    "historical_averaging": ("gan_digits", ["model.historical_averaging=0.01"],
+                             "non-saturating + historical averaging λ = 0.01"),
 }
 COLLAPSE = {"precision": 0.2, "recall": 0.2, "fd": 100.0}
 
