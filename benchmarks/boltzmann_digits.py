@@ -42,6 +42,7 @@ from quality_digits import ensure_trained  # noqa: E402
 from dgm.core.registry import build_model  # noqa: E402
 from dgm.data import load  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
+from dgm.eval.plots import image_grid, save_png  # noqa: E402
 from dgm.runs import open_run  # noqa: E402
 
 OUT = RESULTS / "boltzmann_digits.json"
@@ -100,18 +101,7 @@ def _eval_row(model, split, method: str, k: int | None) -> dict[str, Any]:
 
 
 def save_grid(samples: torch.Tensor, spec, name: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dgm.eval.plots import image_grid
-
-    img = image_grid(samples[:64], spec, ncol=8)
-    fig = plt.figure(figsize=(3, 3), dpi=100)
-    plt.imshow(img, cmap="gray", interpolation="nearest")
-    plt.axis("off")
-    fig.savefig(RESULTS / f"boltzmann_{name}.png", bbox_inches="tight")
-    plt.close(fig)
+    save_png(image_grid(samples[:64], spec, ncol=8), RESULTS / f"boltzmann_{name}.png", scale=4)
 
 
 def run_model(key: str) -> dict[str, Any]:

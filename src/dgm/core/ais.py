@@ -19,7 +19,7 @@ Book §7.5 names AIS as the way to score RBMs; deck 004 uses it for the deep Bol
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,8 @@ from torch import Tensor
 
 from dgm.core.errors import ConfigError
 
-__all__ = ["AISResult", "annealed_importance_sampling", "ais_temperatures", "geometric_path"]
+__all__ = ["AISResult", "AISCache", "annealed_importance_sampling", "ais_temperatures",
+           "geometric_path"]
 
 #: log f_β(x) at one temperature: (x, β) -> (M,)
 LogIntermediate = Callable[[Tensor, float], Tensor]
@@ -140,3 +141,22 @@ def annealed_importance_sampling(
     w = torch.exp(log_w - log_w.max())
     stderr = float(w.std() / (math.sqrt(m) * w.mean())) if m > 1 else math.inf
     return AISResult(float(log_mean) + log_z_base, stderr, log_w, len(betas) - 1)
+
+
+class AISCache:
+    """One AIS result, reused while the tensors it was computed from are unchanged.
+
+    In-place updates (optimizer steps, ``load_state_dict``) bump a tensor's version counter, so
+    the versions of a model's parameters (and of any buffer the estimate reads) identify its
+    state: an evaluation then scores every batch against the same log Ẑ.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[tuple[int, ...], AISResult] | None = None
+
+    def get(self, state: Iterable[Tensor], compute: Callable[[], AISResult]) -> AISResult:
+        """``compute()``, or the stored result if ``state`` has not changed since."""
+        key = tuple(t._version for t in state)
+        if self._entry is None or self._entry[0] != key:
+            self._entry = (key, compute())
+        return self._entry[1]

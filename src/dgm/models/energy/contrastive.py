@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgm.core.ais import AISResult
+from dgm.core.ais import AISCache, AISResult
 from dgm.core.base import GenerativeModel
 from dgm.core.chains import ChainDiagnostics, diagnose
 from dgm.core.fitting import StepInfo
@@ -30,15 +30,18 @@ class ContrastiveDivergence(GenerativeModel):
     """A Boltzmann machine fitted by CD-k or PCD; subclasses give :meth:`free_energy`,
     :meth:`gibbs` and :meth:`random_visible`."""
 
-    def __init__(self, spec: DataSpec, *, cd_k: int, persistent: bool, chains: int,
+    def __init__(self, spec: DataSpec, *, cd_k: int, persistent: bool,
                  sample_steps: int) -> None:
         super().__init__(spec)
         self.cd_k, self.persistent, self.sample_steps = cd_k, persistent, sample_steps
-        gen = torch.Generator().manual_seed(0)
-        self.register_buffer("chains", self.random_visible(chains, gen))
         self.register_buffer("chain_age", torch.zeros((), dtype=torch.long))  # Gibbs sweeps
         self._pending: Tensor | None = None
-        self._ais: tuple[tuple[int, ...], AISResult] | None = None
+        self._ais = AISCache()
+
+    def init_chains(self, count: int) -> None:
+        """Register ``count`` persistent chains at random states; a model calls it at the end
+        of its ``__init__``, once :meth:`random_visible` can run."""
+        self.register_buffer("chains", self.random_visible(count, torch.Generator().manual_seed(0)))
 
     # --- what a model supplies ----------------------------------------------------------------
 
@@ -93,10 +96,7 @@ class ContrastiveDivergence(GenerativeModel):
     def cached_ais(self, compute: Callable[[], AISResult]) -> AISResult:
         """``compute()``'s AIS result, reused until a parameter changes (an evaluation scores
         every batch against the same log Ẑ)."""
-        key = tuple(p._version for p in self.parameters())
-        if self._ais is None or self._ais[0] != key:
-            self._ais = (key, compute())
-        return self._ais[1]
+        return self._ais.get(self.parameters(), compute)
 
     @torch.no_grad()
     def mixing(self, steps: int = 500, *, generator: torch.Generator | None = None

@@ -81,10 +81,10 @@ class DeepBoltzmannMachine(ContrastiveDivergence):
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
 
     def __init__(self, spec: DataSpec, config: DBMConfig) -> None:
+        super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
+                         sample_steps=config.sample_steps)
         self.levels = int(spec.num_levels)
         self.top = config.hidden[1]
-        super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
-                         chains=config.chains, sample_steps=config.sample_steps)
         self.config = config
         d, (h1, h2) = spec.dim, config.hidden
         gen = torch.Generator().manual_seed(0)
@@ -98,6 +98,7 @@ class DeepBoltzmannMachine(ContrastiveDivergence):
         bits = torch.arange(h2)
         self.register_buffer("_top_states", ((torch.arange(2**h2)[:, None] >> bits) & 1).float(),
                              persistent=False)
+        self.init_chains(config.chains)
 
     # --- chain states are [v, h²] --------------------------------------------------------------
 

@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgm.core.ais import AISResult, annealed_importance_sampling, ais_temperatures
+from dgm.core.ais import AISCache, AISResult, annealed_importance_sampling, ais_temperatures
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.capabilities import LikelihoodEstimate
 from dgm.core.errors import ConfigError
@@ -81,8 +81,8 @@ from dgm.core.nn import mlp
 from dgm.core.registry import register_model
 from dgm.core.spec import DataKind, DataSpec
 
-__all__ = ["EBMConfig", "EBM", "energy_network", "categorical_block_mh_step",
-           "CategoricalMixture", "lattice_block_mh_step", "lattice_gibbs_step"]
+__all__ = ["EBMConfig", "EBM", "energy_network", "CategoricalMixture",
+           "lattice_block_mh_step", "lattice_gibbs_step"]
 
 # Restarts of continuous (standardized) data are uniform on [-CONTINUOUS_BOX, CONTINUOUS_BOX].
 CONTINUOUS_BOX = 3.0
@@ -238,43 +238,6 @@ def energy_network(spec: DataSpec, config: EBMConfig, out: int) -> nn.Module:
     return _FlatEnergy(spec.dim, config.hidden, config.num_hidden, out)
 
 
-def categorical_block_mh_step(
-    v: Tensor,
-    log_target: Callable[[Tensor], Tensor],
-    base_logits: Tensor,
-    beta: float,
-    block: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    r"""One Metropolis-Hastings move on the lattice for p_β ∝ q^(1-β) f^β.
-
-    q(v) = Π_d q_d(v_d) is the independent categorical with logits ``base_logits`` (D, L) and
-    f = exp(``log_target``). A random block B of ``block`` coordinates (the same for the whole
-    batch) is redrawn from q_B; since the proposal is q_B, the acceptance probability is
-
-        min(1, exp(β [log f(v') - log f(v)]) · (q_B(v_B) / q_B(v'_B))^β),
-
-    so the move leaves p_β invariant. v: (M, D) levels.
-    """
-    m, d = v.shape
-    levels = base_logits.shape[1]
-    gen_device = generator.device if generator is not None else v.device
-    sites = torch.randperm(d, generator=generator, device=gen_device)[:block].to(v.device)
-    log_q = torch.log_softmax(base_logits, -1)[sites]  # (B, L)
-    u = torch.rand(m, len(sites), generator=generator, device=gen_device).to(v.device)
-    cdf = log_q.exp().cumsum(-1)
-    proposal = torch.searchsorted(cdf.expand(m, -1, -1).contiguous(), u.unsqueeze(-1))
-    proposal = proposal.squeeze(-1).clamp_max(levels - 1)
-    v_new = v.clone()
-    v_new[:, sites] = proposal
-    arange = torch.arange(len(sites), device=v.device)
-    log_q_old = log_q[arange, v[:, sites]].sum(1)
-    log_q_new = log_q[arange, proposal].sum(1)
-    log_accept = beta * (log_target(v_new) - log_target(v) + log_q_old - log_q_new)
-    accept = torch.rand(m, generator=generator, device=gen_device).to(v.device).log() < log_accept
-    return torch.where(accept.unsqueeze(1), v_new, v)
-
-
 def _draw_categorical(log_p: Tensor, generator: torch.Generator | None) -> Tensor:
     """One draw per row of the categorical with log-probabilities log_p (..., L) -> (...)."""
     gen_device = generator.device if generator is not None else log_p.device
@@ -396,7 +359,7 @@ class EBM(GenerativeModel):
         self.buffer = ReplayBuffer(config.buffer_size, spec.event_shape, config.reinit_prob)
         self.buffer.reseed(lambda n: self.restart_noise(n, torch.Generator().manual_seed(0)))
         self._pending: tuple[Tensor, Tensor] | None = None
-        self._ais_cache: tuple[tuple[int, ...], AISResult] | None = None
+        self._ais = AISCache()
         if config.likelihood == "ais":
             if not self.discrete:
                 raise ConfigError("model.likelihood ais needs discrete data (AIS on the lattice)")
@@ -556,10 +519,6 @@ class EBM(GenerativeModel):
         """-E(u(v)) for flat levels v (M, D)."""
         return -self.energy(self.to_model_space(v.reshape(v.shape[0], *self.spec.event_shape)))
 
-    def _state_key(self) -> tuple[int, ...]:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's _version.
-        return tuple(t._version for t in (*self.parameters(), self.base_logits))
-
     @torch.no_grad()
     def log_partition_ais(
         self,
@@ -568,9 +527,9 @@ class EBM(GenerativeModel):
         temperatures: int | None = None,
         generator: torch.Generator | None = None,
     ) -> AISResult:
-        """log Z of the discrete model p(v) ∝ exp(-E_θ(u(v))) over the L^D lattice by AIS
-        from the per-pixel categorical q fitted to the data (geometric path q^(1-β) f^β,
-        :func:`categorical_block_mh_step` moves)."""
+        """log Z of the discrete model p(v) ∝ exp(-E_θ(u(v))) over the L^D lattice by AIS from
+        the base q of :meth:`ais_base` (geometric path q^(1-β) f^β; :func:`lattice_block_mh_step`
+        moves, with independence moves from q and single-site Gibbs as configured)."""
         if not self.discrete:
             raise ConfigError("the AIS likelihood is defined for discrete data only")
         c = self.config
@@ -635,10 +594,8 @@ class EBM(GenerativeModel):
         """log p(x) ≈ -E_θ(u(x)) - log Ẑ for the discrete model, with log Ẑ by AIS
         (:meth:`log_partition_ais`, run once per parameter state and reused, so that every
         batch of a split shares one Ẑ); its standard error is shared by all x."""
-        key = self._state_key()
-        if self._ais_cache is None or self._ais_cache[0] != key:
-            self._ais_cache = (key, self.log_partition_ais(generator=generator))
-        ais = self._ais_cache[1]
+        ais = self._ais.get((*self.parameters(), self.base_logits),
+                            lambda: self.log_partition_ais(generator=generator))
         with torch.no_grad():
             log_p = self.unnormalized_log_prob(x) - ais.log_z
         return LikelihoodEstimate(log_p, torch.zeros_like(log_p), ais.note(),

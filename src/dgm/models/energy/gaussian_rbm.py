@@ -69,7 +69,7 @@ class GaussianRBM(ContrastiveDivergence):
 
     def __init__(self, spec: DataSpec, config: GaussianRBMConfig) -> None:
         super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
-                         chains=config.chains, sample_steps=config.sample_steps)
+                         sample_steps=config.sample_steps)
         self.config = config
         d, h = spec.dim, config.hidden
         gen = torch.Generator().manual_seed(0)
@@ -77,13 +77,12 @@ class GaussianRBM(ContrastiveDivergence):
         self.visible_bias = nn.Parameter(torch.zeros(d))
         self.hidden_bias = nn.Parameter(torch.zeros(h))
         self.log_std = nn.Parameter(torch.zeros(d), requires_grad=config.learn_std)
+        self.init_chains(config.chains)
 
     def random_visible(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws of the visible units with the hidden layer off: N(b, σ²)."""
         device = generator.device if generator is not None else None
         z = torch.randn(n, self.spec.dim, generator=generator, device=device)
-        if not hasattr(self, "log_std"):  # chains created before the parameters exist
-            return z
         return (self.visible_bias + self.log_std.exp() * z.to(self.log_std.device)).detach()
 
     def hidden_input(self, v: Tensor) -> Tensor:

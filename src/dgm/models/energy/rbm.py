@@ -106,10 +106,10 @@ class RBM(ContrastiveDivergence):
     data_kinds = frozenset({DataKind.BINARY, DataKind.DISCRETE})
 
     def __init__(self, spec: DataSpec, config: RBMConfig) -> None:
+        super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
+                         sample_steps=config.sample_steps)
         d, levels, h = spec.dim, int(spec.num_levels), config.hidden
         self.levels = levels
-        super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
-                         chains=config.chains, sample_steps=config.sample_steps)
         self.config = config
         gen = torch.Generator().manual_seed(0)
         self.weight = nn.Parameter(torch.randn(d, levels - 1, h, generator=gen) * config.init_std)
@@ -119,6 +119,7 @@ class RBM(ContrastiveDivergence):
         self.register_buffer("base_logits", torch.zeros(d, levels - 1))
         if config.hidden > config.exact_max_hidden:
             self.likelihood = Likelihood.ESTIMATE
+        self.init_chains(config.chains)
 
     def random_visible(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Uniformly random levels (N, D)."""

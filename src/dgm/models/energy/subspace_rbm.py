@@ -76,7 +76,7 @@ class SubspaceRBM(ContrastiveDivergence):
 
     def __init__(self, spec: DataSpec, config: SubspaceRBMConfig) -> None:
         super().__init__(spec, cd_k=config.cd_k, persistent=config.persistent,
-                         chains=config.chains, sample_steps=config.sample_steps)
+                         sample_steps=config.sample_steps)
         if config.gates * config.subspace > config.exact_max_units:
             raise ConfigError(
                 f"subspace_rbm's log Z enumerates 2^(gates x subspace) states; "
@@ -89,6 +89,7 @@ class SubspaceRBM(ContrastiveDivergence):
         self.visible_bias = nn.Parameter(torch.zeros(d))
         self.gate_bias = nn.Parameter(torch.zeros(m))
         self.subspace_bias = nn.Parameter(torch.zeros(m, k))
+        self.init_chains(config.chains)
 
     def random_visible(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         device = generator.device if generator is not None else None
