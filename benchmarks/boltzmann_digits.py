@@ -1,13 +1,15 @@
 """Benchmark: Boltzmann machines and the density network on the digits (issue 16).
 
-    python benchmarks/boltzmann_digits.py [--only rbm dbn ...] [--no-sklearn] [--redo]
-        [--render-only]
+    python benchmarks/boltzmann_digits.py [--only rbm dbn ...] [--seeds 0 1 2] [--no-sklearn]
+        [--redo] [--render-only] [--mnist] [--no-toys]
 
-Every preset below is trained for seed 0 with one thread (``quality_digits.ensure_trained``:
-reused when finished, resumed when interrupted) and scored on the test split in nats per image
-of the data's own discrete space, labelled with what the number is: exact (log Z by
-enumeration), an AIS estimate with log Z's standard error and 3σ band, or a variational / IWAE
-bound. AIS scores use 100 chains and 10,000 temperatures. Beside them, in the same run:
+Every preset below is trained for seed 0 (the RBMs with a scikit-learn peer for each of
+``--seeds``, 0-2 by default, and the peer with the same seeds) with one thread
+(``quality_digits.ensure_trained``: reused when finished, resumed when interrupted) and scored
+on the test split in nats per image of the data's own discrete space, labelled with what the
+number is: exact (log Z by enumeration), an AIS estimate with log Z's standard error and 3σ
+band, or a variational / IWAE bound. AIS scores use 100 chains and 10,000 temperatures.
+Beside them, in the same run:
 
 - scikit-learn's ``BernoulliRBM`` with 20 and 64 hidden units (PCD-1, learning rate 0.01, batch
   10, 250 epochs: the ANCHORS.md §6 recipe), its weights scored by our exact log Z (20) or AIS
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, locked_json, machine  # noqa: E402
 from quality_digits import ensure_trained  # noqa: E402
 
 from dgm.core.registry import build_model  # noqa: E402
@@ -61,11 +63,16 @@ MODELS: dict[str, tuple[str, list[str], list[tuple[str, int | None]]]] = {
     "density_network": ("density_network_digits", [], [("iwae", 10000)]),
 }
 
+#: trained for every seed of ``--seeds``: the RBMs that scikit-learn's peer is set beside
+SEEDED = ("rbm", "rbm64")
+
 #: 2-D toys: the density and samples are drawn (``boltzmann_<model>.png``)
 TOYS = {"gaussian_rbm_moons": ("gaussian_rbm_moons", [], [("exact", None)])}
 
 #: binarized MNIST (``--mnist``): scored with 10,000 AIS temperatures
-MNIST = {"rbm500_binary_mnist": ("rbm_binary_mnist", [], [("estimate", None)])}
+MNIST = {"rbm500_binary_mnist": ("rbm_binary_mnist", [], [("estimate", None)]),
+         "rbm500_binary_mnist_30ep": ("rbm_binary_mnist", ["train.epochs=30"],
+                                      [("estimate", None)])}
 
 ANCHORS = {
     "binary_digits": "independent Bernoulli 24.91 · mixture of 40 Bernoullis 18.97 · "
@@ -78,11 +85,12 @@ def read() -> dict[str, Any]:
     return json.loads(OUT.read_text()) if OUT.is_file() else {"rows": {}}
 
 
-def save(data: dict[str, Any]) -> None:
-    data["machine"] = machine()
-    tmp = OUT.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(OUT)
+def save(rows: dict[str, Any]) -> None:
+    """Merge ``rows`` into the results file under its lock (other processes may be adding
+    theirs)."""
+    with locked_json("boltzmann_digits") as data:
+        data.setdefault("rows", {}).update(rows)
+        data["machine"] = machine()
 
 
 def _eval_row(model, split, method: str, k: int | None) -> dict[str, Any]:
@@ -104,10 +112,15 @@ def save_grid(samples: torch.Tensor, spec, name: str) -> None:
     save_png(image_grid(samples[:64], spec, ncol=8), RESULTS / f"boltzmann_{name}.png", scale=4)
 
 
-def run_model(key: str) -> dict[str, Any]:
+def row_key(key: str, seed: int) -> str:
+    """The results' key of ``key`` trained with ``seed`` (seed 0 keeps the bare key)."""
+    return key if seed == 0 else f"{key}_seed{seed}"
+
+
+def run_model(key: str, seed: int = 0) -> dict[str, Any]:
     preset, overrides, methods = {**MODELS, **TOYS, **MNIST}[key]
     run_dir, how = ensure_trained({"key": f"boltzmann-{key}", "preset": preset,
-                                   "overrides": overrides}, 0)
+                                   "overrides": overrides}, seed)
     run = open_run(run_dir)
     model = run.load_model()
     if "ais_temperatures" in getattr(model.config, "__dataclass_fields__", {}):
@@ -116,7 +129,8 @@ def run_model(key: str) -> dict[str, Any]:
     data = load(run.config.data.name)
     torch.manual_seed(0)
     row: dict[str, Any] = {
-        "model": key, "preset": preset, "overrides": overrides, "data": run.config.data.name,
+        "model": key, "seed": seed, "preset": preset, "overrides": overrides,
+        "data": run.config.data.name,
         "how": how, "params": model.num_parameters(), "train_cpu_s": info.get("cpu_s"),
         "epochs": info.get("epochs_completed"), "best_epoch": info.get("best_epoch"),
         "scores": [_eval_row(model, data.test, m, k) for m, k in methods],
@@ -127,7 +141,7 @@ def run_model(key: str) -> dict[str, Any]:
                          "rho1": float(d.autocorrelation[1]), "age": d.age}
     if key in TOYS:
         save_toy(model, data, key)
-    else:
+    elif seed == 0:
         with torch.no_grad():
             samples = model.sample(64, generator=torch.Generator().manual_seed(0))
         save_grid(samples, model.spec, key)
@@ -163,15 +177,16 @@ def save_toy(model, data, name: str) -> None:
     plt.close(fig)
 
 
-def sklearn_rows(hidden: int) -> dict[str, Any]:
-    """scikit-learn's BernoulliRBM beside ours, scored by our exact log Z or AIS."""
+def sklearn_rows(hidden: int, seed: int = 0) -> dict[str, Any]:
+    """scikit-learn's BernoulliRBM (``random_state=seed``) beside ours, scored by our exact
+    log Z or AIS."""
     from sklearn.neural_network import BernoulliRBM
 
     data = load("binary_digits")
     x = data.train.x.reshape(len(data.train.x), -1).numpy().astype(np.float64)
     c0 = time.process_time()
     sk = BernoulliRBM(n_components=hidden, learning_rate=0.01, batch_size=10, n_iter=250,
-                      random_state=0)
+                      random_state=seed)
     sk.fit(x)
     fit_cpu = time.process_time() - c0
     ours = build_model("rbm", data.spec, {"hidden": hidden, "ais_temperatures": 10000})
@@ -183,7 +198,7 @@ def sklearn_rows(hidden: int) -> dict[str, Any]:
         ours.base_logits.copy_(torch.logit(mean)[:, None])
     torch.manual_seed(0)
     method = "exact" if hidden <= 22 else "estimate"
-    return {"model": f"sklearn_bernoulli_rbm_{hidden}", "data": "binary_digits",
+    return {"model": f"sklearn_bernoulli_rbm_{hidden}", "seed": seed, "data": "binary_digits",
             "params": ours.num_parameters(), "train_cpu_s": fit_cpu,
             "recipe": "BernoulliRBM(n_components=%d, learning_rate=0.01, batch_size=10, "
                       "n_iter=250), PCD-1" % hidden,
@@ -212,6 +227,8 @@ def main() -> None:
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--mnist", action="store_true", help="also the RBM-500 on binarized MNIST")
     p.add_argument("--no-toys", action="store_true", help="skip the Gaussian RBM on the moons")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2],
+                   help="seeds of the RBMs that have a scikit-learn peer, and of the peer")
     args = p.parse_args()
     torch.set_num_threads(1)
     data = read()
@@ -219,27 +236,31 @@ def main() -> None:
         rows = data["rows"]
         rows["independent_bernoulli"] = floor_row("binary_digits")
         rows["independent_bernoulli_4x4"] = floor_row("binary_digits_4x4")
+        save({k: rows[k] for k in ("independent_bernoulli", "independent_bernoulli_4x4")})
         keys = args.only or list(MODELS)
         if not args.no_toys and not args.only:
             keys += list(TOYS)
         if args.mnist:
             keys += [k for k in MNIST if k not in keys]
         for key in keys:
-            if key in rows and not args.redo and rows[key].get("how") is not None:
-                continue
-            print(f"{key} ...", flush=True)
-            rows[key] = run_model(key)
-            print(json.dumps(rows[key]["scores"], indent=1), flush=True)
-            save(data)
+            for seed in args.seeds if key in SEEDED else [0]:
+                rk = row_key(key, seed)
+                if rk in rows and not args.redo and rows[rk].get("how") is not None:
+                    continue
+                print(f"{rk} ...", flush=True)
+                rows[rk] = run_model(key, seed)
+                print(json.dumps(rows[rk]["scores"], indent=1), flush=True)
+                save({rk: rows[rk]})
         if not args.no_sklearn:
             for hidden in (20, 64):
-                key = f"sklearn_bernoulli_rbm_{hidden}"
-                if key in rows and not args.redo:
-                    continue
-                print(f"{key} ...", flush=True)
-                rows[key] = sklearn_rows(hidden)
-                print(json.dumps(rows[key]["scores"], indent=1), flush=True)
-                save(data)
+                for seed in args.seeds:
+                    rk = row_key(f"sklearn_bernoulli_rbm_{hidden}", seed)
+                    if rk in rows and not args.redo:
+                        continue
+                    print(f"{rk} ...", flush=True)
+                    rows[rk] = sklearn_rows(hidden, seed)
+                    print(json.dumps(rows[rk]["scores"], indent=1), flush=True)
+                    save({rk: rows[rk]})
     import report_md
 
     print(report_md.write_benchmarks_md())

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import tempfile
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -48,3 +51,19 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+@contextlib.contextmanager
+def locked_json(name: str) -> Iterator[dict[str, Any]]:
+    """``RESULTS/<name>.json`` read under an exclusive file lock, yielded for updating and
+    written back atomically, so that benchmark processes running side by side can each merge
+    their own rows into it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    with open(Path(tempfile.gettempdir()) / f"dgm_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        yield result
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, path)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, machine, write_result  # noqa: E402
+from common import RESULTS, ROOT, locked_json, machine  # noqa: E402
 from quality_digits import draw, scores, split_images  # noqa: E402
 
 from dgm.config import load_config  # noqa: E402
@@ -53,13 +53,14 @@ METRICS = ("fd", "kid", "pr", "dc")
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "nonsaturating": ("gan_digits", [], "MLP, non-saturating loss (configs/gan_digits.yaml)"),
     "minimax": ("gan_digits", ["model.loss=minimax"], "MLP, the book's saturating minimax"),
+    "wasserstein": ("wgan_digits", [], "MLP critic, WGAN with weight clipping c = 0.01, 5 critic "
+                    "steps, RMSProp 5e-5"),
     "wgan_gp": ("wgan_gp_digits", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
     "hinge_sn": ("hinge_sn_digits", [], "MLP, hinge loss, spectral norm, SN-GAN's Adam "
                  "(1e-3, β = (0, 0.9)), 2 critic steps"),
     "conditional": ("cgan_digits", [], "MLP, class-conditional, projection discriminator"),
     "gmmn": ("gmmn_digits", [], "GMMN: MMD² with 5 Gaussian kernels"),
-    "dcgan": ("gan_digits", ["model.network=conv", "model.width=32", "model.hidden=128",
-                             "train.epochs=200"], "DCGAN conv nets, non-saturating loss"),
+    "dcgan": ("dcgan_digits", [], "DCGAN conv nets, non-saturating loss"),
     # diagnostics of hinge_sn: the hinge loss on gan_digits' recipe, spectral norm with
     # hinge_sn's recipe and the non-saturating loss
     "hinge": ("gan_digits", ["model.loss=hinge"], "MLP, hinge loss, no spectral norm"),
@@ -177,18 +178,24 @@ def toy(seed: int = 0) -> dict[str, Any]:
             "monitor": info.get("val_method")}
 
 
+def merge_rows(name: str, fields: dict[str, Any], rows: list[dict[str, Any]] | None,
+               order: list[str]) -> None:
+    """Write ``fields`` (and ``rows``, replacing those of the same variant and seed; rows sorted
+    by ``order`` of variants, then seed) into ``RESULTS/<name>.json`` under its lock."""
+    with locked_json(name) as result:
+        result.update(fields)
+        result.setdefault("rows", [])
+        if rows:
+            done = {(r["variant"], r["seed"]) for r in rows}
+            result["rows"] = [r for r in result["rows"]
+                              if (r["variant"], r["seed"]) not in done] + rows
+        result["rows"].sort(key=lambda r: (
+            order.index(r["variant"]) if r["variant"] in order else len(order), r["seed"]))
+        result["summary"] = summarize(result["rows"])
+
+
 def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-    """Write ``fields`` (and ``rows``, replacing those of the same variant and seed) into the
-    results file as it is now, so that two processes running other variants can share it."""
-    path = RESULTS / "gan_digits.json"
-    result = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-    result.update(fields)
-    if rows:
-        done = {(r["variant"], r["seed"]) for r in rows}
-        result["rows"] = [r for r in result.get("rows", [])
-                          if (r["variant"], r["seed"]) not in done] + rows
-    result["summary"] = summarize(result.get("rows", []))
-    write_result("gan_digits", result)
+    merge_rows("gan_digits", fields, rows, list(VARIANTS))
 
 
 def main() -> None:

@@ -18,17 +18,14 @@ below 0.2, or FD above 100) is flagged ``collapsed``. The conditional GAN also r
 feature net's accuracy on samples drawn for given labels.
 
 The floor: ``n_real`` training images (randperm, generator seeded 0) against the same test set.
-Rows land in ``benchmarks/results/gan_mnist.json`` as they finish (read, merged and written
-under a file lock, so two processes may run disjoint variants side by side), with
+Rows land in ``benchmarks/results/gan_mnist.json`` as they finish (merged under a file
+lock by ``gan_digits.merge_rows``, so two processes may run disjoint variants side by side), with
 ``gan_mnist_<variant>.png`` (64 samples of seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
-import os
 import sys
 import tempfile
 import time
@@ -40,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
 import gan_digits  # noqa: E402
-from gan_digits import COLLAPSE, summarize  # noqa: E402
+from gan_digits import COLLAPSE, merge_rows  # noqa: E402
 from quality_digits import scores, split_images  # noqa: E402
 
 from dgm.data import load  # noqa: E402
@@ -52,8 +49,14 @@ METRICS = ("fd", "kid", "pr", "dc")
 # variant: (preset, overrides, what); in the order of the issue
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "nonsaturating": ("gan_mnist", [], "MLP GAN, non-saturating loss (configs/gan_mnist.yaml)"),
-    "conditional": ("cgan_mnist", [], "MLP, class-conditional, projection discriminator"),
+    "minimax": ("gan_mnist", ["model.loss=minimax"], "MLP GAN, the book's saturating minimax"),
+    "wasserstein": ("wgan_mnist", [], "MLP critic, WGAN with weight clipping c = 0.01, 5 critic "
+                    "steps, RMSProp 5e-5"),
     "wgan_gp": ("wgan_gp_mnist", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
+    "hinge_sn": ("hinge_sn_mnist", [], "MLP, hinge loss, spectral norm, Adam (1e-3, "
+                 "β = (0, 0.9)), 2 critic steps"),
+    "conditional": ("cgan_mnist", [], "MLP, class-conditional, projection discriminator"),
+    "dcgan": ("dcgan_mnist", [], "DCGAN conv nets, non-saturating loss, Adam 2e-4"),
     "gmmn": ("gmmn_mnist", [], "GMMN: MMD² with 5 Gaussian kernels"),
     "ebm": ("ebm_mnist", [], "MLP energy, Langevin from a replay buffer (configs/ebm_mnist.yaml)"),
     # diagnostic of ebm: 5% restarts per draw (JEM's, the library default) instead of 1%: more
@@ -75,25 +78,7 @@ def run_one(variant: str, seed: int, n: int, data, test, net, workdir: Path) -> 
 
 
 def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
-    """Write ``fields`` (and ``rows``, replacing those of the same variant and seed) into the
-    results file as it is now, under a lock, so that processes running other variants share it."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(Path(tempfile.gettempdir()) / "dgm_gan_mnist.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        result = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
-        result.update(fields)
-        if rows:
-            done = {(r["variant"], r["seed"]) for r in rows}
-            result["rows"] = [r for r in result.get("rows", [])
-                              if (r["variant"], r["seed"]) not in done] + rows
-            order = list(VARIANTS)
-            result["rows"].sort(key=lambda r: (order.index(r["variant"])
-                                               if r["variant"] in order else len(order),
-                                               r["seed"]))
-        result["summary"] = summarize(result.get("rows", []))
-        tmp = OUT.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, OUT)
+    merge_rows("gan_mnist", fields, rows, list(VARIANTS))
 
 
 def main() -> None:

@@ -145,6 +145,18 @@ def test_samples_are_in_the_data_space_and_dtype() -> None:
     assert torch.equal(model.to_data(model.to_model_space(v)), v)
 
 
+@pytest.mark.parametrize("side", [8, 28, 7, 5])
+def test_conv_energy_fits_images_of_every_side(side) -> None:
+    # 28x28 MNIST halves to 14, 7, then 3 (not 4): the dense head must be sized to that
+    spec = DataSpec((1, side, side), DataKind.DISCRETE, num_levels=256)
+    model = build_model("ebm", spec, network="conv", channels=4, hidden=8, buffer_size=10,
+                        langevin_steps=2, sample_steps=2)
+    x = torch.randint(256, (3, 1, side, side))
+    energy = model.energy(model.to_model_space(x))
+    assert energy.shape == (3,) and torch.isfinite(energy).all()
+    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, side, side)
+
+
 @pytest.mark.parametrize("bad", [
     {"noise": "hot"}, {"noise": -0.1}, {"reinit_prob": 1.5}, {"step_size": 0.0},
     {"buffer_size": 0}, {"energy_reg": -1.0}, {"ais_temperatures": 2}, {"network": "rnn"},

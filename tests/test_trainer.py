@@ -129,6 +129,20 @@ def test_lr_schedules():
     assert lr_factor(7, 100, OptimConfig()) == 1.0
 
 
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("adamax", torch.optim.Adamax),
+                                       ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+def test_every_optimizer_name_builds_its_torch_optimizer(name, cls):
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = trainer_mod.make_optimizer([w], OptimConfig(name=name, lr=0.1, momentum=0.5,
+                                                      weight_decay=0.01))
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.1 and group["weight_decay"] == 0.01
+    if "momentum" in group:
+        assert group["momentum"] == 0.5
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,7 +35,7 @@ __all__ = [
     "save_config",
 ]
 
-OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
+OPTIMIZERS = ("adam", "adamw", "adamax", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"

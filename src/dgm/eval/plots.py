@@ -128,7 +128,9 @@ def scatter_png(
     lo = np.percentile(d, 0.5, axis=0) - 0.5
     hi = np.percentile(d, 99.5, axis=0) + 0.5
     ncols = 3 if log_density is not None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4))
+    # panels of equal aspect: the figure's height follows the data's, so the title sits on them
+    aspect = float(np.clip((hi[1] - lo[1]) / (hi[0] - lo[0]), 0.3, 1.5))
+    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4 * aspect + 0.8), layout="constrained")
     axes[0].scatter(d[:, 0], d[:, 1], s=2, alpha=0.4)
     axes[0].set_title("data")
     axes[1].scatter(s[:, 0], s[:, 1], s=2, alpha=0.4, color="C1")

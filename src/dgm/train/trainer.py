@@ -116,6 +116,9 @@ def make_optimizer(params: Any, oc: OptimConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
     if oc.name == "adamax":
         return torch.optim.Adamax(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    if oc.name == "rmsprop":  # the WGAN's optimizer with weight clipping (Arjovsky et al. 2017)
+        return torch.optim.RMSprop(params, lr=oc.lr, momentum=oc.momentum,
+                                   weight_decay=oc.weight_decay)
     return torch.optim.SGD(params, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
 
 

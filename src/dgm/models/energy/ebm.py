@@ -192,8 +192,9 @@ class EBMConfig:
 
 
 class _ConvEnergy(nn.Module):
-    """Conv (3x3) blocks with SiLU, halving the resolution (4x4 stride-2 convs) down to at
-    most 8x8 and once more, then a dense head: (N, C, H, W) -> (N, out)."""
+    """A 3x3 conv with SiLU, then 4x4 stride-2 convs with SiLU (each halving H and W, rounding
+    down) until both are at most 4 (8x8 -> 4x4; 28x28 -> 14 -> 7 -> 3), then a dense head:
+    (N, C, H, W) -> (N, out)."""
 
     def __init__(self, shape: tuple[int, int, int], channels: int, hidden: int, out: int):
         super().__init__()
@@ -202,7 +203,7 @@ class _ConvEnergy(nn.Module):
         width = channels
         while True:
             layers += [nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.SiLU()]
-            width, h, w = 2 * width, (h + 1) // 2, (w + 1) // 2
+            width, h, w = 2 * width, h // 2, w // 2  # kernel 4, stride 2, padding 1
             if max(h, w) <= 4:
                 break
         self.features = nn.Sequential(*layers)
