@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "nonsaturating": ("gan_digits", [], "MLP, non-saturating loss (configs/gan_digits.yaml)"),
     "minimax": ("gan_digits", ["model.loss=minimax"], "MLP, the book's saturating minimax"),
     "wasserstein": ("wgan_digits", [], "MLP critic, WGAN with weight clipping c = 0.01, 5 critic "
-                    "steps, RMSProp 5e-5"),
+                    "steps, RMSProp 2e-4"),
     "wgan_gp": ("wgan_gp_digits", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
     "hinge_sn": ("hinge_sn_digits", [], "MLP, hinge loss, spectral norm, SN-GAN's Adam "
                  "(1e-3, β = (0, 0.9)), 2 critic steps"),

@@ -1,9 +1,9 @@
 """Benchmark: sample quality of the GAN family and the EBM on 8-bit MNIST (issue 16).
 
-    python benchmarks/gan_mnist.py [--variants nonsaturating conditional ...] [--seeds 0]
+    python benchmarks/gan_mnist.py [--variants nonsaturating conditional ...] [--seeds 0 1 2]
         [--n 1000] [--n-real 1000] [--no-floor]
 
-As ``gan_digits.py`` does it on the 8x8 digits (its ``COLLAPSE`` thresholds and ``summarize``;
+As ``gan_digits.py`` does it on the 8x8 digits (its ``run_one``, ``COLLAPSE`` and ``merge_rows``;
 ``quality_digits.py``'s ``draw``, ``split_images`` and ``scores``), on MNIST (28x28, 256
 levels; the files under ./data/mnist): each variant is a ``configs/*_mnist.yaml`` preset
 trained by the real trainer with one thread under the preset's wall-clock budget
@@ -18,9 +18,9 @@ below 0.2, or FD above 100) is flagged ``collapsed``. The conditional GAN also r
 feature net's accuracy on samples drawn for given labels.
 
 The floor: ``n_real`` training images (randperm, generator seeded 0) against the same test set.
-Rows land in ``benchmarks/results/gan_mnist.json`` as they finish (merged under a file
-lock by ``gan_digits.merge_rows``, so two processes may run disjoint variants side by side), with
-``gan_mnist_<variant>.png`` (64 samples of seed 0).
+Rows land in ``benchmarks/results/gan_mnist.json`` as they finish (merged under a file lock,
+so two processes may run disjoint variants side by side: the budgets are wall seconds, so run
+at most one per core), with ``gan_mnist_<variant>.png`` (64 samples of seed 0).
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "nonsaturating": ("gan_mnist", [], "MLP GAN, non-saturating loss (configs/gan_mnist.yaml)"),
     "minimax": ("gan_mnist", ["model.loss=minimax"], "MLP GAN, the book's saturating minimax"),
     "wasserstein": ("wgan_mnist", [], "MLP critic, WGAN with weight clipping c = 0.01, 5 critic "
-                    "steps, RMSProp 5e-5"),
+                    "steps, RMSProp 2e-4"),
     "wgan_gp": ("wgan_gp_mnist", [], "MLP critic, WGAN-GP λ = 10, 5 critic steps"),
-    "hinge_sn": ("hinge_sn_mnist", [], "MLP, hinge loss, spectral norm, Adam (1e-3, "
+    "hinge_sn": ("hinge_sn_mnist", [], "MLP, hinge loss, spectral norm, Adam (5e-4, "
                  "β = (0, 0.9)), 2 critic steps"),
     "conditional": ("cgan_mnist", [], "MLP, class-conditional, projection discriminator"),
-    "dcgan": ("dcgan_mnist", [], "DCGAN conv nets, non-saturating loss, Adam 2e-4"),
+    "dcgan": ("dcgan_mnist", [], "DCGAN conv nets (width 16), non-saturating loss, Adam 5e-4"),
     "gmmn": ("gmmn_mnist", [], "GMMN: MMD² with 5 Gaussian kernels"),
     "ebm": ("ebm_mnist", [], "MLP energy, Langevin from a replay buffer (configs/ebm_mnist.yaml)"),
     # diagnostic of ebm: 5% restarts per draw (JEM's, the library default) instead of 1%: more
@@ -84,7 +84,7 @@ def _merge(fields: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
-    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--n-real", type=int, default=1000)
     p.add_argument("--no-floor", action="store_true")

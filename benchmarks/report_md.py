@@ -841,7 +841,8 @@ def _gan_digits(data: dict) -> str:
         f"(EMA weights); {st['n']} samples against the 447 test images on the shipped digits "
         f"feature net ({st['feature_net']}). Mean ± sd over seeds; a seed counts as collapsed "
         "when precision or recall is below 0.2 or FD above 100 and stays in the mean. No GAN "
-        "has a likelihood.",
+        "has a likelihood. The rows come from several invocations (the machine line names the "
+        "last one); `python benchmarks/gan_digits.py` reruns every row.",
         "",
         "| variant | what | seeds | FD | KID | precision | recall | collapsed seeds "
         "| train CPU s | params |",
@@ -922,7 +923,8 @@ def _gan_mnist(data: dict) -> str:
         f"{st['feature_net_test_accuracy']:.2f}). Mean ± sd over seeds; a seed counts as "
         "collapsed when precision or recall is below 0.2 or FD above 100 and stays in the mean. "
         "First settings, mostly still improving at the budget's end: what four CPU minutes buy, "
-        "not converged results.",
+        "not converged results. The rows come from several invocations (the machine line names "
+        "the last one); `python benchmarks/gan_mnist.py` reruns every row.",
         "",
         "| model | what | seeds | FD | KID | precision | recall | collapsed seeds "
         "| train CPU s | epochs (best) per seed | params |",

@@ -27,7 +27,7 @@ def test_round_trip(tmp_path):
     [
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("train.batch_size=1.5", "expected an integer"),
-        ("optim.name=rmsprop", "is not one of adam"),
+        ("optim.name=lbfgs", "is not one of adam"),
         ("train.device=tpu", "is not one of auto"),
         ("train.nonsense=1", "unknown key nonsense"),
         ("optim.betas=[1, 2, 3]", "expected 2 items"),
