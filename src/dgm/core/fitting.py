@@ -37,6 +37,7 @@ __all__ = [
     "AuxiliaryFit",
     "StepInfo",
     "MAIN",
+    "em_statistics_begun",
     "AUXILIARY",
 ]
 
@@ -121,3 +122,10 @@ class StepInfo:
     step: int = 1
     all_reduce_sum: Callable[[Tensor], Tensor] = field(default=_identity)
     broadcast: Callable[[Tensor], Tensor] = field(default=_identity)
+
+
+def em_statistics_begun(stats: list[Tensor] | None, step: str) -> list[Tensor]:
+    """A model's EM accumulators, or the error that names the call made before ``em_begin()``."""
+    if stats is None:
+        raise RuntimeError(f"call em_begin() before {step}()")
+    return stats

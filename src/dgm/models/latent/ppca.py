@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.fitting import EMFit
+from dgm.core.fitting import EMFit, em_statistics_begun
 from dgm.core.distributions import LOG_2PI, log_standard_normal
 from dgm.core.errors import ConfigError, DataError
 from dgm.core.registry import register_model
@@ -500,8 +500,7 @@ class PPCA(GenerativeModel):
     @torch.no_grad()
     def em_accumulate(self, x: Tensor) -> Tensor:
         """Add a batch's statistics; returns its log_prob under the current parameters (N,)."""
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() before em_accumulate()")
+        em_statistics_begun(self._em_stats, "em_accumulate")
         log_p = self.log_prob(x)
         centred = x.reshape(x.shape[0], self.dim).to(torch.float64) - self.stat_shift
         count, s1, s2 = self._em_stats
@@ -513,13 +512,10 @@ class PPCA(GenerativeModel):
     def em_statistics(self) -> list[Tensor]:
         """[count (), Σ (x - c) (D,), Σ (x - c)(x - c)ᵀ (D, D)]: the accumulators themselves,
         so that an in-place all-reduce sum is all a distributed run needs."""
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() before em_statistics()")
-        return self._em_stats
+        return em_statistics_begun(self._em_stats, "em_statistics")
 
     @torch.no_grad()
     def em_maximize(self) -> None:
         """The closed-form ML fit from the accumulated statistics."""
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() and em_accumulate() before em_maximize()")
+        em_statistics_begun(self._em_stats, "em_maximize")
         self._fit_statistics(*self._em_stats, self.stat_shift)

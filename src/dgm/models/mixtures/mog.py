@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.fitting import EMFit, GradientFit
+from dgm.core.fitting import EMFit, GradientFit, em_statistics_begun
 from dgm.core.dequantize import dequantization_log_jacobian, quantize, uniform_dequantize
 from dgm.core.distributions import log_normal_diag
 from dgm.core.errors import ConfigError, DataError
@@ -322,8 +322,7 @@ class MoG(GenerativeModel):
             the batch's log-likelihoods under the current parameters, shape (N,), nats.
         """
         self.check_input(x)
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() before em_accumulate()")
+        em_statistics_begun(self._em_stats, "em_accumulate")
         points = self._to_y(x, None)
         s0, s1, s2 = self._em_stats
         out = []
@@ -342,16 +341,13 @@ class MoG(GenerativeModel):
         """[Σ r_nk (K,), Σ r_nk y_n (K, D), Σ r_nk y_n² (K, D)]: the accumulators themselves,
         so that summing them in place across processes (all-reduce) is all a distributed run
         needs."""
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() before em_statistics()")
-        return self._em_stats
+        return em_statistics_begun(self._em_stats, "em_statistics")
 
     @torch.no_grad()
     def em_maximize(self) -> None:
         """M-step: closed-form ω, μ, σ² (floored) from the statistics. A component with no
         responsibility keeps its mean and variance (and gets weight ~0)."""
-        if self._em_stats is None:
-            raise RuntimeError("call em_begin() and em_accumulate() before em_maximize()")
+        em_statistics_begun(self._em_stats, "em_maximize")
         s0, s1, s2 = self._em_stats
         tiny = torch.finfo(s0.dtype).tiny
         alive = (s0 > 1e-10 * s0.sum()).unsqueeze(-1)  # (K, 1)
