@@ -22,8 +22,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -49,6 +50,17 @@ class Monitor:
     score: Callable[[GenerativeModel, Split], float]
 
 
+@contextmanager
+def _eval_mode(model: GenerativeModel) -> Iterator[None]:
+    """The model in eval mode for the block, its training flag restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def _likelihood_monitor(method: str, k: int, batch_size: int, seed: int) -> Callable:
     def score(model: GenerativeModel, split: Split) -> float:
         nll = per_example_nll(model, split, method=method, k=k, batch_size=batch_size, seed=seed)
@@ -60,20 +72,15 @@ def _likelihood_monitor(method: str, k: int, batch_size: int, seed: int) -> Call
 def _objective_monitor(batch_size: int, seed: int) -> Callable:
     @torch.no_grad()
     def score(model: GenerativeModel, split: Split) -> float:
-        was_training = model.training
-        model.eval()
         total, count = 0.0, 0
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                for start in range(0, len(split), batch_size):
-                    x, y = split.batch(slice(start, start + batch_size), model.spec)
-                    x = x.to(model.device)
-                    y = None if y is None else y.to(model.device)
-                    total += float(model.loss(x, y).double().sum())
-                    count += x.shape[0]
-        finally:
-            model.train(was_training)
+        with _eval_mode(model), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(split), batch_size):
+                x, y = split.batch(slice(start, start + batch_size), model.spec)
+                x = x.to(model.device)
+                y = None if y is None else y.to(model.device)
+                total += float(model.loss(x, y).double().sum())
+                count += x.shape[0]
         return total / max(1, count)
 
     return score
@@ -93,10 +100,8 @@ def _quality_monitor(metric: str, dataset: Dataset, samples: int, seed: int) -> 
 def _error_monitor(batch_size: int) -> Callable:
     @torch.no_grad()
     def score(model: GenerativeModel, split: Split) -> float:
-        was_training = model.training
-        model.eval()
         wrong, count = 0, 0
-        try:
+        with _eval_mode(model):
             for start in range(0, len(split), batch_size):
                 x, y = split.batch(slice(start, start + batch_size), model.spec)
                 if y is None:
@@ -104,8 +109,6 @@ def _error_monitor(batch_size: int) -> Callable:
                 predicted = model.classify(x.to(model.device))
                 wrong += int((predicted.cpu() != y.cpu()).sum())
                 count += x.shape[0]
-        finally:
-            model.train(was_training)
         return wrong / max(1, count)
 
     return score
@@ -121,14 +124,10 @@ def _mmd_monitor(samples: int, seed: int, batch_size: int) -> Callable:
     def score(model: GenerativeModel, split: Split) -> float:
         real, _ = split.batch(slice(None), model.spec)
         generator = torch.Generator(device=model.device).manual_seed(seed)
-        was_training = model.training
-        model.eval()
-        try:
+        with _eval_mode(model):
             fake = torch.cat([
                 model.sample(min(batch_size, samples - start), generator=generator).cpu()
                 for start in range(0, samples, batch_size)])
-        finally:
-            model.train(was_training)
         if not bool(torch.isfinite(fake).all()):
             return math.inf  # a diverged model is never the best
         return mmd(real.cpu().flatten(1).double(), fake.flatten(1).double()).value
