@@ -19,7 +19,8 @@ from dgm.core.fitting import StepInfo
 from dgm.core.mcmc import ReplayBuffer, ula_stationary_variance
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.energy.ebm import (EBM, CategoricalMixture, EBMConfig, lattice_block_mh_step,
+from dgm.models.mixtures.categorical import CategoricalMixture, CategoricalMixtureConfig
+from dgm.models.energy.ebm import (EBM, EBMConfig, lattice_block_mh_step,
                                    lattice_gibbs_step)
 from dgm.train.trainer import train
 
@@ -201,17 +202,22 @@ def _enumerate(dim: int, levels: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(levels), repeat=dim)))
 
 
-def test_categorical_mixture_is_normalized_sampled_exactly_and_fitted_by_em() -> None:
+def test_the_ais_base_mixture_is_normalized_sampled_exactly_and_fitted_by_em() -> None:
     gen = torch.Generator().manual_seed(0)
-    true = CategoricalMixture(torch.tensor([0.0, 1.0]), 3 * torch.randn(2, 3, 3, generator=gen))
+    flat = DataSpec((3,), DataKind.DISCRETE, num_levels=3)
+    true = CategoricalMixture(flat, CategoricalMixtureConfig(num_components=2)).double()
+    with torch.no_grad():
+        true.weight_logits.copy_(torch.tensor([0.0, 1.0]))
+        true.theta_logits.copy_(3 * torch.randn(2, 3, 3, generator=gen))
     states = _enumerate(3, 3)
     log_q = true.log_prob(states)
     assert float(torch.logsumexp(log_q, 0)) == pytest.approx(0.0, abs=1e-9)
-    draws = true.sample(40000, gen)
+    draws = true.sample(40000, generator=gen)
     index = (draws * torch.tensor([9, 3, 1])).sum(1)
     freq = torch.bincount(index, minlength=27).double() / 40000
     assert torch.allclose(freq, log_q.exp(), atol=4 * math.sqrt(0.25 / 40000) + 1e-3)
-    fitted = CategoricalMixture.fit(draws[:5000], 3, 2, generator=gen)
+    fitted = CategoricalMixture(flat, CategoricalMixtureConfig(num_components=2)).double()
+    fitted.fit_em(draws[:5000], 50, generator=gen)
     # EM reaches (nearly) the likelihood of the true mixture on its own draws
     gap = float(true.log_prob(draws[:5000]).mean() - fitted.log_prob(draws[:5000]).mean())
     assert abs(gap) < 0.02, gap

@@ -24,7 +24,7 @@ from torch import Tensor
 from dgm.core.errors import ConfigError
 from dgm.core.heads import BernoulliHead, CategoricalHead, DiscretizedLogisticHead, LikelihoodHead
 
-__all__ = ["Sampling", "truncate_logits", "draw_token", "draw_from_head"]
+__all__ = ["Sampling", "truncate_logits", "draw_token", "draw_from_head", "draw_categorical"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,17 @@ def truncate_logits(logits: Tensor, top_k: int | None = None, top_p: float | Non
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def draw_categorical(log_p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One exact draw per row of the categorical with (unnormalized) log-probabilities
+    log_p (..., L) -> (...) long, by inverting the CDF. Runs on log_p's device with a generator
+    on either device (the uniforms are drawn on the generator's)."""
+    gen_device = generator.device if generator is not None else log_p.device
+    u = torch.rand(*log_p.shape[:-1], 1, generator=generator, device=gen_device,
+                   dtype=log_p.dtype if log_p.is_floating_point() else None)
+    cdf = torch.softmax(log_p, -1).cumsum(-1).contiguous()
+    return torch.searchsorted(cdf, u.to(log_p.device)).squeeze(-1).clamp_max(log_p.shape[-1] - 1)
 
 
 def draw_token(

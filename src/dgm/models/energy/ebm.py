@@ -79,9 +79,11 @@ from dgm.core.fitting import StepInfo
 from dgm.core.mcmc import ReplayBuffer, langevin
 from dgm.core.nn import mlp
 from dgm.core.registry import register_model
+from dgm.core.sampling import draw_categorical
 from dgm.core.spec import DataKind, DataSpec
+from dgm.models.mixtures.categorical import CategoricalMixture, CategoricalMixtureConfig
 
-__all__ = ["EBMConfig", "EBM", "energy_network", "CategoricalMixture",
+__all__ = ["EBMConfig", "EBM", "energy_network",
            "lattice_block_mh_step", "lattice_gibbs_step"]
 
 # Restarts of continuous (standardized) data are uniform on [-CONTINUOUS_BOX, CONTINUOUS_BOX].
@@ -239,53 +241,6 @@ def energy_network(spec: DataSpec, config: EBMConfig, out: int) -> nn.Module:
     return _FlatEnergy(spec.dim, config.hidden, config.num_hidden, out)
 
 
-def _draw_categorical(log_p: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row of the categorical with log-probabilities log_p (..., L) -> (...)."""
-    gen_device = generator.device if generator is not None else log_p.device
-    u = torch.rand(*log_p.shape[:-1], 1, generator=generator, device=gen_device)
-    cdf = torch.softmax(log_p, -1).cumsum(-1).contiguous()
-    return torch.searchsorted(cdf, u.to(log_p.device)).squeeze(-1).clamp_max(log_p.shape[-1] - 1)
-
-
-class CategoricalMixture:
-    r"""A normalized, exactly sampleable distribution on the lattice {0..L-1}^D: a mixture
-    q(v) = Σ_k π_k Π_d θ_kd(v_d) of independent categoricals (one component: the independent
-    categorical). ``log_weights`` (K,), ``log_theta`` (K, D, L), both normalized."""
-
-    def __init__(self, log_weights: Tensor, log_theta: Tensor) -> None:
-        self.log_weights = torch.log_softmax(log_weights.double(), 0)
-        self.log_theta = torch.log_softmax(log_theta.double(), -1)
-
-    @classmethod
-    def fit(cls, v: Tensor, levels: int, components: int, *, iterations: int = 50,
-            pseudo_count: float = 0.5, generator: torch.Generator | None = None
-            ) -> "CategoricalMixture":
-        """EM fit to the levels v (N, D), from random responsibilities; ``pseudo_count`` per
-        level and component keeps every state possible."""
-        x = F.one_hot(v.long(), levels).to(torch.float64)  # (N, D, L)
-        gen_device = generator.device if generator is not None else v.device
-        r = torch.rand(v.shape[0], components, generator=generator, device=gen_device)
-        r = (r.to(x) + 0.1) / (r.to(x) + 0.1).sum(1, keepdim=True)
-        for _ in range(iterations):
-            log_pi = torch.log(r.sum(0) + 1.0) - torch.log(r.sum() + components)
-            counts = torch.einsum("nk,ndl->kdl", r, x) + pseudo_count
-            log_theta = torch.log(counts / counts.sum(-1, keepdim=True))
-            joint = log_pi + torch.einsum("ndl,kdl->nk", x, log_theta)
-            r = torch.softmax(joint, 1)
-        return cls(log_pi, log_theta)
-
-    def log_prob(self, v: Tensor) -> Tensor:
-        """log q(v), (M,), for levels v (M, D)."""
-        x = F.one_hot(v.long(), self.log_theta.shape[-1]).to(self.log_theta)
-        return torch.logsumexp(self.log_weights + torch.einsum("mdl,kdl->mk", x, self.log_theta),
-                               1)
-
-    def sample(self, m: int, generator: torch.Generator | None = None) -> Tensor:
-        """m exact draws, (m, D) long."""
-        k = _draw_categorical(self.log_weights.expand(m, -1), generator)
-        return _draw_categorical(self.log_theta[k], generator)
-
-
 def lattice_block_mh_step(
     v: Tensor,
     log_p: Callable[[Tensor], Tensor],
@@ -303,7 +258,7 @@ def lattice_block_mh_step(
     gen_device = generator.device if generator is not None else v.device
     sites = torch.randperm(d, generator=generator, device=gen_device)[:block].to(v.device)
     log_r = torch.log_softmax(proposal_logits, -1)[sites]  # (B, L)
-    proposal = _draw_categorical(log_r.expand(m, -1, -1), generator)
+    proposal = draw_categorical(log_r.expand(m, -1, -1), generator)
     v_new = v.clone()
     v_new[:, sites] = proposal
     arange = torch.arange(len(sites), device=v.device)
@@ -333,7 +288,7 @@ def lattice_gibbs_step(
         cand[:, :, s] = candidates
         logits = log_p(cand.reshape(m * levels, d)).reshape(m, levels)
         v = v.clone()
-        v[:, s] = _draw_categorical(logits, generator)
+        v[:, s] = draw_categorical(logits, generator)
     return v
 
 
@@ -537,7 +492,7 @@ class EBM(GenerativeModel):
         m = chains or c.ais_chains
         betas = ais_temperatures(temperatures or c.ais_temperatures)
         base = self.ais_base(generator)
-        v0 = base.sample(m, generator)
+        v0 = base.sample(m, generator=generator)
         levels, dim = int(self.spec.num_levels), self.spec.dim
 
         def log_intermediate(v: Tensor, beta: float) -> Tensor:
@@ -566,7 +521,7 @@ class EBM(GenerativeModel):
         """Metropolis-Hastings with the base q as an independent proposal: accept v' ~ q with
         min(1, p(v') q(v) / (p(v) q(v')))."""
         gen_device = generator.device if generator is not None else v.device
-        v_new = base.sample(v.shape[0], generator).to(v.device)
+        v_new = base.sample(v.shape[0], generator=generator).to(v.device)
         log_accept = log_p(v_new) - log_p(v) + base.log_prob(v) - base.log_prob(v_new)
         u = torch.rand(v.shape[0], generator=generator, device=gen_device).to(v.device)
         return torch.where((u.log() < log_accept).unsqueeze(1), v_new, v)
@@ -576,18 +531,22 @@ class EBM(GenerativeModel):
         """The normalized base of AIS (``model.ais_base``): the per-pixel categorical of the
         training data, or a mixture of categoricals fitted by EM to the replay buffer's chains
         (rounded to levels). Either is fixed before AIS draws anything, so Ẑ stays unbiased."""
-        if self.config.ais_base == "data":
-            return CategoricalMixture(torch.zeros(1, device=self.base_logits.device),
-                                      self.base_logits.unsqueeze(0).double())
+        levels, dim = int(self.spec.num_levels), self.spec.dim
+        flat = DataSpec((dim,), DataKind.DISCRETE, num_levels=levels)
         c = self.config
+        if c.ais_base == "data":
+            base = CategoricalMixture(flat, CategoricalMixtureConfig(num_components=1))
+            base = base.to(self.base_logits.device, torch.float64)
+            base.theta_logits.data.copy_(self.base_logits.unsqueeze(0))
+            return base
         gen_device = generator.device if generator is not None else self.shift.device
         n = min(c.ais_base_chains, c.buffer_size)
         index = torch.randperm(c.buffer_size, generator=generator, device=gen_device)[:n]
         u = self.langevin(self.buffer.states[index.to(self.shift.device)], c.ais_base_steps,
                           generator=generator)
-        v = self.to_data(u).reshape(n, -1)
-        return CategoricalMixture.fit(v.long(), int(self.spec.num_levels), c.ais_components,
-                                      generator=generator)
+        v = self.to_data(u).reshape(n, -1).long()
+        base = CategoricalMixture(flat, CategoricalMixtureConfig(num_components=c.ais_components))
+        return base.to(v.device, torch.float64).fit_em(v, 50, generator=generator)
 
     def log_prob_estimate(
         self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None

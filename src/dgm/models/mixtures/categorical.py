@@ -35,6 +35,7 @@ from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import EMFit, GradientFit, em_statistics_begun
 from dgm.core.registry import register_model
+from dgm.core.sampling import draw_categorical
 from dgm.core.spec import DataKind, DataSpec
 
 __all__ = ["CategoricalMixtureConfig", "CategoricalMixture"]
@@ -136,15 +137,22 @@ class CategoricalMixture(GenerativeModel):
             raise ConfigError("categorical_mixture is unconditional: sample() takes no labels")
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        dev = self.weight_logits.device
-        k = torch.multinomial(self.log_weights.exp().cpu(), n, replacement=True,
-                              generator=generator).to(dev) if n else torch.zeros(
-                                  0, dtype=torch.long, device=dev)
-        probs = self.log_theta.exp()[k].reshape(-1, self.spec.num_levels)  # (n D, L)
-        if n == 0:
-            return torch.zeros(0, *self.spec.event_shape, dtype=torch.long, device=dev)
-        v = torch.multinomial(probs.cpu(), 1, generator=generator).to(dev)
+        k = draw_categorical(self.log_weights.detach().expand(n, -1), generator)
+        v = draw_categorical(self.log_theta.detach()[k], generator)  # (n, D)
         return v.reshape(n, *self.spec.event_shape)
+
+    @torch.no_grad()
+    def fit_em(self, x: Tensor, iterations: int, *,
+               generator: torch.Generator | None = None) -> "CategoricalMixture":
+        """Fit to the whole of x by ``iterations`` full-batch EM steps outside the trainer
+        (from random responsibilities when ``init_from_data``); returns self."""
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.initialize_from_data(x, gen)
+        for _ in range(iterations):
+            self.em_begin()
+            self.em_accumulate(x)
+            self.em_maximize()
+        return self
 
     # -- EM ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,7 +162,8 @@ class CategoricalMixture(GenerativeModel):
         if not self.config.init_from_data:
             return
         self.check_input(x)
-        r = torch.rand(x.shape[0], self.config.num_components, generator=generator) + 0.1
+        r = torch.rand(x.shape[0], self.config.num_components, generator=generator,
+                       device=generator.device) + 0.1
         self.em_begin()
         self._accumulate(self._flat(x).to(self.weight_logits.device),
                          (r / r.sum(1, keepdim=True)).to(self.weight_logits.device))
