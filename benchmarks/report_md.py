@@ -953,6 +953,117 @@ def _gan_mnist(data: dict) -> str:
     out.append("")
     return "\n".join(out)
 
+def _mean_sd(values: list[float], nd: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{nd}f}"
+    return f"{statistics.mean(values):.{nd}f} ± {statistics.stdev(values):.{nd}f}"
+
+
+def _circuits(data: dict) -> str:
+    rows = data["rows"]
+    machines = data.get("machines", {})
+    out = ["## Probabilistic circuits and mixtures (issue 17)", ""]
+    tables = (("digits", "17-level 8x8 digits, exact test NLL", "digits_nats"),
+              ("binary_digits", "Binarized digits (pixel >= 8), exact test NLL",
+               "binary_digits_nats"),
+              ("binary_mnist", "Binarized MNIST (dynamic training binarization, fixed test "
+               "binarization), exact test NLL", None))
+    for part, title, anchor in tables:
+        mine = [r for r in rows if r["part"] == part and r.get("error") is None]
+        if not mine:
+            continue
+        m = machines.get(part) or machines.get("peer")
+        out += [f"### {title}", ""]
+        if m:
+            out += [f"Machine: {_machine(m)}. One thread per run; CPU seconds of training "
+                    "(validation included); mean ± sd over the seeds listed.", ""]
+        out += ["| model | what | seeds | test nats/image | bits/dim | val nats | epochs (best) "
+                "| train CPU s | params |", "|---|---|---|---|---|---|---|---|---|"]
+        by: dict[str, list[dict]] = {}
+        for r in mine:
+            by.setdefault(r["model"], []).append(r)
+        for name, rs in by.items():
+            rs.sort(key=lambda r: r["seed"])
+            seeds = ",".join(str(r["seed"]) for r in rs)
+            test = _mean_sd([r["test_nats"] for r in rs])
+            if len(rs) == 1 and rs[0].get("test_stderr"):
+                test += f" (± {rs[0]['test_stderr']:.2f} se)"
+            epochs = ", ".join(f"{r.get('epochs_completed')} ({r.get('best_epoch')})" for r in rs)
+            cpu = statistics.mean(r["cpu_s"] for r in rs)
+            val = _mean_sd([r["val_nats"] for r in rs]) if all(
+                r.get("val_nats") is not None for r in rs) else "–"
+            out.append(f"| {name} | {rs[0].get('what', '')} | {seeds} | {test} "
+                       f"| {_mean_sd([r['test_bpd'] for r in rs], 3)} | {val} | {epochs} "
+                       f"| {cpu:.0f} | {rs[0]['num_parameters']:,} |")
+        if anchor:
+            anc = data["anchors"][anchor]
+            out += ["", "Anchors (ANCHORS.md): " + " · ".join(f"{k.replace('_', ' ')} {v}"
+                                                            for k, v in anc.items()) + "."]
+        out.append("")
+    inpaint = [r for r in rows if r["part"] == "inpaint"]
+    if inpaint:
+        out += ["### Inpainting: the digits' test split with the lower half missing", "",
+                "Exact, in nats per image: -log p(x_lower | x_upper), the conditional NLL of the "
+                "32 missing pixels given the 32 observed, and -log p(x_upper), the NLL of the "
+                "observed half alone (its marginal). Circuits and mixtures sum the missing "
+                "pixels out in one pass; the ARM (raster order) can answer only because the "
+                "lower half is a suffix of its order: it conditions on prefixes only, so the "
+                "upper half missing, or any scattered mask, has no exact answer from it. "
+                "VAEs, flows with dequantization, EBMs and GANs have no exact conditional.", "",
+                "| model | -log p(x_lower \\| x_upper) | bits per missing pixel "
+                "| -log p(x_upper) | how |", "|---|---|---|---|---|"]
+        for r in sorted(inpaint, key=lambda r: r["missing_nats"]):
+            out.append(f"| {r['model']} | {r['missing_nats']:.2f} ± {r['missing_stderr']:.2f} "
+                       f"| {r['missing_bpd']:.3f} | {r['observed_nats']:.2f} | {r['how']} |")
+        out += ["", "Fills drawn from p(x_lower | x_upper): "
+                "`benchmarks/results/circuits_inpaint_hclt.png` (the HCLT), "
+                "`circuits_inpaint_mixture.png` (the mixture); each row: the image, what the "
+                "model saw (missing in red), eight draws.", ""]
+    return "\n".join(out)
+
+
+def _hybrid_digits(data: dict) -> str:
+    rows = data["rows"]
+    out = ["## Hybrid models on the digits: accuracy and likelihood together (issue 17)", "",
+           f"Machine: {_machine(data['machine'])}. One thread per run, early stopping on the "
+           "validation objective, best weights. Test split (447 digits): the error of "
+           "argmax p(y | x); the expected calibration error (15 bins); the NLL of p(x) with "
+           "its kind; OOD AUROC of log p(x) and of the max softmax between the test digits "
+           "and 447 images of uniform noise on the 17 levels, or the test digits flipped "
+           "upside down (1.0: perfect separation, 0.5: chance). A row without a classifier "
+           "or whose density is untrained shows –.", "",
+           "| model | what | seeds | test error | ECE | test nats/image (kind) "
+           "| AUROC noise: log p / softmax | AUROC flipped: log p / softmax | train CPU s "
+           "| params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("error") is None:
+            by.setdefault(r["model"], []).append(r)
+
+    def cell(rs: list[dict], key: str, scale: float = 1.0, nd: int = 2, pct: bool = False):
+        vals = [r[key] * scale for r in rs if r.get(key) is not None]
+        if not vals:
+            return "–"
+        return _mean_sd(vals, nd) + ("%" if pct else "")
+
+    for name, rs in by.items():
+        untrained = rs[0].get("lam") == 0 or name in ("classifier", "semi_100_classifier")
+        nats = "–" if untrained else f"{cell(rs, 'test_nats')} ({rs[0]['kind']})"
+        lp_noise = "–" if untrained else cell(rs, "auroc_logp_noise", nd=3)
+        lp_flip = "–" if untrained else cell(rs, "auroc_logp_flipped", nd=3)
+        out.append(
+            f"| {name} | {rs[0]['what']} | {','.join(str(r['seed']) for r in rs)} "
+            f"| {cell(rs, 'test_error', 100, 1, True)} | {cell(rs, 'ece', 1, 3)} | {nats} "
+            f"| {lp_noise} / {cell(rs, 'auroc_softmax_noise', nd=3)} "
+            f"| {lp_flip} / {cell(rs, 'auroc_softmax_flipped', nd=3)} "
+            f"| {statistics.mean(r['cpu_s'] for r in rs):.0f} | {rs[0]['num_parameters']:,} |")
+    anc = data["anchors"]
+    out += ["", f"Anchors: the book's hybrid IDF {anc['book_hybrid_idf']['test_nats']} nats "
+            f"and {100 * anc['book_hybrid_idf']['test_error']:.1f}% error; a plain MLP "
+            f"{100 * anc['mlp_error']:.1f}%, an RBF SVC {100 * anc['svc_rbf_error']:.1f}% "
+            "(ANCHORS.md). The λ curve: `benchmarks/results/hybrid_lambda.png`.", ""]
+    return "\n".join(out)
+
 
 def write_benchmarks_md() -> Path:
     parts = [
@@ -972,6 +1083,7 @@ def write_benchmarks_md() -> Path:
                      ("cfm_peers", _cfm_peers), ("ode_cost", _ode_cost),
                      ("boltzmann_digits", _boltzmann_digits), ("gan_digits", _gan_digits),
                      ("ebm_digits", _ebm_digits), ("gan_mnist", _gan_mnist),
+                     ("circuits", _circuits), ("hybrid_digits", _hybrid_digits),
                      ("mnist", _mnist),
                      ("transformer_cache", _cache),
                      ("text", _text), ("lora", _lora), ("toy_flows", _toy_flows)):

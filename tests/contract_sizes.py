@@ -72,6 +72,9 @@ KEEP = object()  # in OVERRIDES: leave the field as the preset (or the default) 
 OVERRIDES: dict[str, dict[str, Any]] = {
     # the preset's dilations have one entry per layer, so the layer count must stay
     "arm": {"num_layers": KEEP},
+    # a hybrid's density is a plain dict (any model's config), which the rule cannot walk
+    "hybrid": {"density": {"name": "idf", "hidden": 8, "num_hidden": 1, "num_flows": 2,
+                           "prior_hidden": 8}, "hidden": 8, "num_hidden": 1},
 }
 
 

@@ -393,15 +393,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.metrics is not None or not normalized:
         quality = sample_quality(model, dataset, metrics=args.metrics, n=args.n,
                                  split=args.split, seed=args.seed)
-    records = [r.to_dict() for r in (likelihood, quality) if r is not None]
+    missing = None
+    if args.missing is not None:
+        from dgm.eval.missing import evaluate_missing
+
+        missing = evaluate_missing(model, dataset.split(args.split), args.missing,
+                                   split_name=args.split, fraction=args.fraction,
+                                   batch_size=args.batch_size, seed=args.seed)
+    records = [r.to_dict() for r in (likelihood, quality, missing) if r is not None]
     if args.json:
-        if quality is None:
+        if quality is None and missing is None:
             print(json.dumps(records[0], indent=2))
         else:
             print(json.dumps({"likelihood": likelihood and likelihood.to_dict(),
-                              "quality": quality.to_dict()}, indent=2))
+                              "quality": quality and quality.to_dict(),
+                              "missing": missing and missing.to_dict()}, indent=2))
     else:
-        for r in (likelihood, quality):
+        for r in (likelihood, quality, missing):
             if r is not None:
                 print(r.line())
     record = run.path / "evals.jsonl"
@@ -498,6 +506,48 @@ def _array_out(args: argparse.Namespace, run: Any) -> Path:
     return out
 
 
+def _load_array(path: str, flag: str) -> Any:
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{flag} {path}: no such file")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{flag} {path} is not a .npy array: {e}") from None
+
+
+def _inpaint(args: argparse.Namespace, model: Any, gen: Any) -> Any:
+    """Fill the unobserved coordinates of --observed (masked by --mask), -n draws of each."""
+    import torch
+
+    from dgm.core.capabilities import Marginalizable
+
+    if args.observed is None or args.mask is None:
+        raise ConfigError("inpainting needs both --observed FILE.npy and --mask MASK.npy")
+    if not isinstance(model, Marginalizable):
+        raise ConfigError(f"{type(model).__name__} has no exact conditionals to inpaint with "
+                          "(circuits and mixtures do)")
+    spec = model.spec
+    x = torch.as_tensor(_load_array(args.observed, "--observed"))
+    mask = torch.as_tensor(_load_array(args.mask, "--mask"))
+    if tuple(x.shape) == spec.event_shape:
+        x = x.unsqueeze(0)
+    if tuple(x.shape[1:]) != spec.event_shape:
+        raise ConfigError(f"--observed must have shape {spec.event_shape} or (N, "
+                          f"{', '.join(map(str, spec.event_shape))}), got {tuple(x.shape)}")
+    x = x.to(spec.dtype)
+    if mask.dtype != torch.bool:
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ConfigError("--mask must hold booleans or 0/1")
+        mask = mask.to(torch.bool)
+    flat = spec.flat_mask(mask, x.shape[0])  # checks the shape
+    x = x.repeat_interleave(args.n, 0).to(model.device)
+    flat = flat.repeat_interleave(args.n, 0).to(model.device)
+    return model.sample_conditional(x, flat.reshape(x.shape), generator=gen).cpu()
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -508,7 +558,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir)
     tokenizer = run.tokenizer()
     if args.n is None:
-        args.n = 64 if tokenizer is None else 1
+        args.n = 1 if tokenizer is not None else 8 if args.observed is not None else 64
     out = None if tokenizer is not None else _array_out(args, run)
     _apply_threads(args, run)
     model = run.load_model(args.device or "cpu")
@@ -518,7 +568,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     wanted = _sample_options(args, model)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     start = time.perf_counter()
-    x = model.sample(args.n, generator=gen, **wanted).cpu()
+    if args.observed is not None or args.mask is not None:
+        if wanted:
+            raise ConfigError("inpainting takes no sampling options")
+        x = _inpaint(args, model, gen)
+    else:
+        x = model.sample(args.n, generator=gen, **wanted).cpu()
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -529,7 +584,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     nfe = getattr(model, "last_sample_nfe", None)
     if nfe:
         cost += f", {nfe} network evaluations"
-    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out} ({cost})")
+    print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])} ({x.dtype}) to {out} ({cost})")
     return 0
 
 
@@ -661,6 +716,12 @@ def _add_eval(sub: Any) -> None:
     s.add_argument("--k", type=_at_least(1),
                    help="importance samples (iwae) or draws averaged (elbo)")
     s.add_argument("--batch-size", type=_at_least(1), default=512)
+    s.add_argument("--missing", choices=["lower_half", "upper_half", "left_half", "right_half",
+                                         "random"],
+                   help="also score with these coordinates missing: -log p(x_observed) and "
+                   "-log p(x_missing | x_observed), exact (models with exact marginals)")
+    s.add_argument("--fraction", type=float, default=0.5,
+                   help="the share of coordinates hidden by --missing random")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     _threads_argument(s)
@@ -672,7 +733,7 @@ def _add_sample(sub: Any) -> None:
     s = sub.add_parser("sample", help="draw samples: a PNG grid, a .npy array, or text")
     s.add_argument("run_dir")
     s.add_argument("-n", type=_at_least(1), default=None,
-                   help="number of samples (64; 1 for text)")
+                   help="number of samples (64; 1 for text; 8 per example to inpaint)")
     s.add_argument("--out", help=".png or .npy (required for images); .txt or stdout for text")
     s.add_argument("--prompt", help="text to continue (models trained on text)")
     s.add_argument("--max-new-tokens", type=_at_least(1),
@@ -686,6 +747,12 @@ def _add_sample(sub: Any) -> None:
     g.add_argument("--eta", type=float, help="DDIM's eta (0 deterministic, 1 ancestral)")
     g.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale of a conditional model (1: none)")
+    g = s.add_argument_group("inpainting (models with exact marginals: circuits, mixtures)")
+    g.add_argument("--observed", help=".npy of examples (N, *shape) or one example (*shape) "
+                   "whose masked-out coordinates are filled by draws from p(x_missing | "
+                   "x_observed); -n copies of each")
+    g.add_argument("--mask", help=".npy of bools (or 0/1) of the data's shape or (N, *shape): "
+                   "True where a coordinate is observed")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     _threads_argument(s)

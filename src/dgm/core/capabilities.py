@@ -26,6 +26,8 @@ __all__ = [
     "Reconstructs",
     "Classifies",
     "MarkovChains",
+    "Marginalizable",
+    "Represents",
 ]
 
 
@@ -198,4 +200,31 @@ class MarkovChains(Protocol):
 
     def mixing(self, steps: int = 500, *, generator: torch.Generator | None = None) -> object:
         """A :class:`dgm.core.chains.ChainDiagnostics` of ``steps`` further sweeps."""
+        ...
+
+
+@runtime_checkable
+class Marginalizable(Protocol):
+    """A model with exact marginals over any subset of coordinates (mixtures, probabilistic
+    circuits): the evaluator scores "NLL with missing pixels" and the conditional NLL of the
+    missing ones; the report and ``dgm sample --observed --mask`` inpaint."""
+
+    def log_marginal(self, x: Tensor, observed: Tensor) -> Tensor:
+        """log p(x_O), (N,): ``observed`` a bool mask of the data's shape or (N, *event);
+        the unobserved values of x are ignored."""
+        ...
+
+    def sample_conditional(self, x: Tensor, observed: Tensor, *,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """x with its unobserved coordinates drawn from p(x_U | x_O), exactly."""
+        ...
+
+
+@runtime_checkable
+class Represents(Protocol):
+    """A likelihood model with a representation of x that a classifier can share (Book §6.1.2):
+    a flow's latent z = f(x), an IDF's integer latent, a VAE's posterior mean."""
+
+    def representation(self, x: Tensor) -> Tensor:
+        """Features (N, M), differentiable with respect to the model's parameters."""
         ...

@@ -65,7 +65,15 @@ class GradientFit(Fit):
 
 @dataclass(frozen=True)
 class EMFit(Fit):
-    """Expectation-maximization: an E-step pass over the epoch, then a closed-form M-step."""
+    """Expectation-maximization: E-steps over the batches, then a closed-form M-step, once per
+    epoch (``batches_per_step`` 0) or after every ``batches_per_step`` batches (mini-batch EM;
+    the model decides how far each M-step moves, e.g. a step size of online EM)."""
+
+    batches_per_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batches_per_step < 0:
+            raise ConfigError(f"batches_per_step must be >= 0, got {self.batches_per_step}")
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,25 @@ class DataSpec:
         """The dtype of data in this space: long for discrete kinds, float32 otherwise."""
         return torch.long if self.kind.is_discrete else torch.float32
 
+    def flat_mask(self, observed: Tensor, n: int) -> Tensor:
+        """A bool mask of observed coordinates, of the event shape (one for every example) or
+        (n, *event_shape), as (n, D) bool."""
+        mask = observed.to(torch.bool)
+        if tuple(mask.shape) == self.event_shape:
+            mask = mask.unsqueeze(0)
+        if tuple(mask.shape[1:]) != self.event_shape or mask.shape[0] not in (1, n):
+            raise DataError(f"the observed mask must have shape {self.event_shape} or "
+                            f"({n}, {', '.join(map(str, self.event_shape))}), "
+                            f"got {tuple(observed.shape)}")
+        return mask.reshape(mask.shape[0], -1).expand(n, -1)
+
+    def validate_observed(self, x: Tensor, mask: Tensor, name: str = "x") -> None:
+        """:meth:`validate` where only the coordinates of ``mask`` (N, D) are checked."""
+        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == mask.shape[0] \
+                and x[0].numel() == mask.shape[1]:
+            x = torch.where(mask.to(x.device).reshape(x.shape), x, torch.zeros_like(x))
+        self.validate(x, name)
+
     def validate(self, x: Tensor, name: str = "x") -> None:
         """Raise :class:`DataError` unless ``x`` is a batch ``(N, *event_shape)`` of this space."""
         if not isinstance(x, Tensor):

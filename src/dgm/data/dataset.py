@@ -142,7 +142,33 @@ def dataset_entry(name: str) -> DatasetEntry:
 
 
 def load(name: str, **options: Any) -> Dataset:
-    """Load a registered dataset; ``options`` are checked against the loader's signature."""
+    """Load a registered dataset; ``options`` are checked against the loader's signature.
+
+    One option works for every labelled dataset: ``labelled: n`` keeps the labels of n training
+    examples (a fixed random choice, seed 0) and marks the others unlabelled (label -1), for
+    semi-supervised training; validation and test keep all their labels.
+    """
+    labelled = options.pop("labelled", None)
+    dataset = _load(name, options)
+    if labelled is not None:
+        dataset = _keep_labels(dataset, coerce(labelled, int, f"dataset {name}.labelled"))
+        dataset.options = {**dataset.options, "labelled": int(labelled)}
+    return dataset
+
+
+def _keep_labels(dataset: Dataset, n: int) -> Dataset:
+    y = dataset.train.y
+    if y is None:
+        raise ConfigError(f"dataset {dataset.name} has no labels, so labelled: {n} means nothing")
+    if not 0 <= n <= len(y):
+        raise ConfigError(f"labelled must be in 0..{len(y)}, got {n}")
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:n]
+    hidden = torch.full_like(y, -1)
+    hidden[keep] = y[keep]
+    return replace(dataset, train=replace(dataset.train, y=hidden))
+
+
+def _load(name: str, options: dict[str, Any]) -> Dataset:
     entry = dataset_entry(name)
     params = inspect.signature(entry.loader).parameters
     hints = typing.get_type_hints(entry.loader)

@@ -23,6 +23,7 @@ __all__ = [
     "samples_png",
     "can_draw",
     "latent_png",
+    "inpainting_png",
 ]
 
 
@@ -174,6 +175,29 @@ def samples_png(x: Tensor, spec: DataSpec, scale: int = 4) -> bytes:
         save_png(image_grid(x, spec), buf, scale=scale)
         return buf.getvalue()
     return scatter_png(x, x, None, "samples")
+
+
+def inpainting_png(x: Tensor, observed: Tensor, fills: Tensor, spec: DataSpec,
+                   scale: int = 4) -> bytes:
+    """One row per example: the image, what the model saw (missing pixels in red), then the
+    fills. x (N, C, H, W), observed bool of x's shape, fills (N, S, C, H, W)."""
+    levels = (spec.num_levels or 256) - 1
+    def rgb(t: Tensor) -> Tensor:
+        t = t.detach().to("cpu", torch.float32) / levels
+        return (t.mean(1, keepdim=True) if t.shape[1] != 3 else t).expand(-1, 3, -1, -1)
+
+    seen = rgb(x).clone()
+    red = torch.tensor([0.85, 0.15, 0.15]).reshape(1, 3, 1, 1).expand_as(seen)
+    hidden = ~observed.to("cpu").bool().any(1, keepdim=True).expand_as(seen)
+    seen[hidden] = red[hidden]
+    n, s = fills.shape[:2]
+    columns = [rgb(x).unsqueeze(1), seen.unsqueeze(1),
+               rgb(fills.reshape(n * s, *fills.shape[2:])).reshape(n, s, 3, *x.shape[2:])]
+    tiles = torch.cat(columns, 1).reshape(-1, 3, *x.shape[2:]) * levels
+    rgb_spec = DataSpec((3, *x.shape[2:]), DataKind.DISCRETE, num_levels=levels + 1)
+    buf = io.BytesIO()
+    save_png(image_grid(tiles, rgb_spec, ncol=s + 2), buf, scale=scale)
+    return buf.getvalue()
 
 
 def latent_png(

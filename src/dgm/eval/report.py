@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
-from dgm.core.capabilities import MarkovChains
+from dgm.core.capabilities import Marginalizable, MarkovChains
 from dgm.core.capabilities import Reconstructs
 from dgm.data.dataset import Dataset
 from dgm.core.spec import DataKind
@@ -23,6 +23,7 @@ from dgm.eval.plots import (
     can_draw,
     curves_png,
     image_grid,
+    inpainting_png,
     latent_png,
     samples_png,
     save_png,
@@ -172,6 +173,33 @@ def _latent_section(model: Any, dataset: Dataset) -> str:
     return "".join(parts)
 
 
+def _inpainting_section(model: Any, dataset: Dataset, seed: int) -> str:
+    """Missing data: the exact NLL with the lower half (images) or a random half missing, and,
+    for images, conditional samples of the missing half."""
+    from dgm.eval.missing import evaluate_missing, observed_mask
+
+    spec = dataset.spec
+    mask = "lower_half" if _is_image_spec(spec) else "random"
+    scored = evaluate_missing(model, dataset.test, mask, seed=seed)
+    out = ("<h2>Missing data</h2><p>" + html.escape(scored.line()) + "</p><p class=note>"
+           "Exact marginals: the observed pixels' NLL sums over every value of the missing "
+           "ones; the conditional NLL is that of the missing pixels given the observed.</p>")
+    if not _is_image_spec(spec):
+        return out
+    x, _ = dataset.test.batch(slice(0, 8), spec)
+    observed = observed_mask(spec, mask, x.shape[0])
+    gen = torch.Generator().manual_seed(seed)
+    fills = torch.stack([model.sample_conditional(x, observed, generator=gen)
+                         for _ in range(6)], 1)
+    return out + ("<h3>Inpainting</h3><p>each row: a test image, what the model saw (missing "
+                  "pixels in red), six draws from p(x_missing | x_observed)</p>"
+                  + _img(inpainting_png(x, observed, fills, spec), "inpainting"))
+
+
+def _is_image_spec(spec: Any) -> bool:
+    return len(spec.event_shape) == 3 and spec.kind is not DataKind.TOKENS
+
+
 def write_report(
     run: Run, dataset: Dataset, out: Path, *, k: int = 100, seed: int = 0, n_samples: int = 64
 ) -> tuple[Path, list[Evaluation], QualityResult | None]:
@@ -252,6 +280,8 @@ def write_report(
             )
     if isinstance(model, LatentVariable) and tokenizer is None:
         parts.append(_latent_section(model, dataset))
+    if isinstance(model, Marginalizable) and tokenizer is None:
+        parts.append(_inpainting_section(model, dataset, seed))
     if isinstance(model, MarkovChains):
         with torch.no_grad():
             diagnostics = model.mixing(500, generator=torch.Generator().manual_seed(seed))

@@ -135,7 +135,14 @@ class GradientUpdate(UpdateRule):
 
 
 class EMUpdate(UpdateRule):
-    """E-steps over the epoch's batches, then a closed-form M-step (Book §2 / §5.2)."""
+    """E-steps over the batches, then a closed-form M-step (Book §2 / §5.2): once per epoch, or
+    every ``fit.batches_per_step`` batches (mini-batch EM)."""
+
+    fit: EMFit
+
+    def __init__(self, model: GenerativeModel, players: list[Player], fit: Fit) -> None:
+        super().__init__(model, players, fit)
+        self.pending = 0  # batches accumulated since the last M-step
 
     @staticmethod
     def groups(model: GenerativeModel, fit: Fit) -> dict[str, list[nn.Parameter]]:
@@ -145,17 +152,27 @@ class EMUpdate(UpdateRule):
 
     def begin_epoch(self) -> None:
         cast(Any, self.model).em_begin()
+        self.pending = 0
 
     def batch(self, x: Tensor, y: Tensor | None, steps: Steps, forward: Callable) -> None:
         with torch.no_grad():
             steps.record(MAIN, -cast(Any, self.model).em_accumulate(x))
+        self.pending += 1
+        if self.fit.batches_per_step and self.pending == self.fit.batches_per_step:
+            self._maximize()
+            cast(Any, self.model).em_begin()
 
-    def end_epoch(self) -> None:
+    def _maximize(self) -> None:
         em = cast(Any, self.model)
         with torch.no_grad():
             for stat in em.em_statistics():
                 dist.all_reduce_sum(stat)
             em.em_maximize()
+        self.pending = 0
+
+    def end_epoch(self) -> None:
+        if self.pending:
+            self._maximize()
 
 
 class TwoPlayerUpdate(UpdateRule):

@@ -440,6 +440,11 @@ class IDF(GenerativeModel):
         z, _ = self.flow(self._centered(x), self._context(y, x.shape[0]))
         return z
 
+    def representation(self, x: Tensor) -> Tensor:
+        """The integer latent z = f(x - ⌊L/2⌋) as floats (N, D), for a classifier on it (the
+        hybrid IDF, Book §6.4); gradients pass the rounding straight through."""
+        return self.latent(x)
+
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Exact log P(x) (log P(x | y) if conditional) per example, in nats (Eq. 4.44-4.45)."""
         return sum_except_batch(self.base.log_prob_each(self.latent(x, y)))

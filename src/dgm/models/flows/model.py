@@ -318,6 +318,18 @@ class FlowModel(GenerativeModel):
         log_jac = dequantization_log_jacobian(self.dim, self.spec.num_levels)
         return (self.log_density(y_flow, ck) + log_jac - log_q).reshape(k, n)
 
+    def representation(self, x: Tensor) -> Tensor:
+        """z = f(y) flattened (N, D), y the centre of x's dequantization cell (x + 1/2) / L on
+        discrete data: the latent a hybrid's classifier reads (Book §6.3, Eq. 6.12)."""
+        self.check_input(x)
+        if self.num_classes:
+            raise ConfigError("a class-conditional flow has no label-free representation")
+        noise = None
+        if self.dequantized:
+            noise = torch.full((x.shape[0], self.dim), 0.5, dtype=self._dtype, device=x.device)
+        z, _ = self.flow(self._to_flow_space(x, noise), None)
+        return z.reshape(x.shape[0], -1)
+
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Exact log p(x) on continuous data; a one-draw dequantization bound otherwise."""
         return self.log_weights(x, 1, y=y)[0]

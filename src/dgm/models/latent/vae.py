@@ -338,6 +338,11 @@ class VAE(GenerativeModel):
 
     # --- inside the latent space (the report's diagnostics)
 
+    def representation(self, x: Tensor) -> Tensor:
+        """The posterior mean E_q[z | x] (N, M): what the hybrid VAE's classifier reads
+        (Book §6.5, Eq. 6.14)."""
+        return self.encode(x).mean
+
     @torch.no_grad()
     def latent_means(self, x: Tensor) -> list[Tensor]:
         """[the posterior's location], (N, M): its mean, or the flow applied to the base mean."""

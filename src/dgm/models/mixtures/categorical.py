@@ -113,12 +113,33 @@ class CategoricalMixture(GenerativeModel):
     def _flat(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1).long()
 
-    def component_log_prob(self, x: Tensor) -> Tensor:
-        """log Π_d θ_kd(x_d) for every component: (N, *event) -> (N, K)."""
+    def component_log_prob(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log Π_{d observed} θ_kd(x_d) for every component: (N, *event) -> (N, K); ``mask``
+        (N, D) bool leaves out the unobserved coordinates (all observed without it)."""
         v = self._flat(x)  # (N, D)
+        if mask is not None:
+            v = v.masked_fill(~mask, 0)
         table = self.log_theta.permute(1, 2, 0)  # (D, L, K)
         picked = table[torch.arange(v.shape[1], device=v.device), v]  # (N, D, K)
+        if mask is not None:
+            picked = picked * mask.unsqueeze(-1)
         return picked.sum(1)
+
+    def log_marginal(self, x: Tensor, observed: Tensor) -> Tensor:
+        """log P(x_O) = LSE_k [log π_k + Σ_{d∈O} log θ_kd(x_d)], exact, (N,)."""
+        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
+        self.spec.validate_observed(x, mask)
+        return torch.logsumexp(self.log_weights + self.component_log_prob(x, mask), -1)
+
+    @torch.no_grad()
+    def sample_conditional(self, x: Tensor, observed: Tensor, *,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """x_U ~ P(x_U | x_O): k from its posterior given x_O, then x_U ~ Π θ_k; exact."""
+        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
+        self.spec.validate_observed(x, mask)
+        k = draw_categorical(self.log_weights + self.component_log_prob(x, mask), generator)
+        draws = draw_categorical(self.log_theta[k], generator)  # (N, D)
+        return torch.where(mask, self._flat(x), draws).reshape(x.shape)
 
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log P(x), (N,), exact, in nats; labels ``y`` are ignored."""

@@ -78,6 +78,29 @@ class Factorized(GenerativeModel):
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, y)
 
+    def _each(self, flat: Tensor) -> Tensor:
+        if self.spec.kind.is_discrete:
+            return log_categorical(flat, self.logits.expand(flat.shape[0], -1, -1))
+        return log_normal_diag(flat, self.mean, self.log_var)
+
+    def log_marginal(self, x: Tensor, observed: Tensor) -> Tensor:
+        """log p(x_O) = Σ_{d∈O} log p_d(x_d), exact, (N,) (not for sequences with an end
+        token, whose length is itself random)."""
+        if self.spec.end_token is not None:
+            raise ConfigError("marginals of sequences with an end token are not defined here")
+        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
+        self.spec.validate_observed(x, mask)
+        flat = torch.where(mask, x.reshape(x.shape[0], -1), 0)
+        return (self._each(flat) * mask).sum(1)
+
+    @torch.no_grad()
+    def sample_conditional(self, x: Tensor, observed: Tensor, *,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """The unobserved coordinates drawn from their own marginals (they are independent)."""
+        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
+        draws = self.sample(x.shape[0], generator=generator).to(x.device)
+        return torch.where(mask.reshape(x.shape), x, draws.to(x.dtype))
+
     def mode(self) -> Tensor:
         """MAP: the per-coordinate argmax (exact for a factorized model), shape event_shape."""
         if self.spec.kind.is_discrete:
