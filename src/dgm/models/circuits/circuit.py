@@ -159,19 +159,29 @@ class MPEResult:
 
 @dataclass
 class _Level:
-    """The index tensors of one height of the region graph (all regions computed together)."""
+    """The index tensors of one height of the region graph (all regions computed together).
+    Children are listed per edge (partition, child), so partitions of any arity cost only
+    their own edges (a Chow-Liu tree's hub pixel can have a hundred children)."""
 
     regions: Tensor  # (R,) region indices, in column order
-    children: Tensor  # (P, A) columns of the children of each partition (padding: column 0)
-    valid: Tensor  # (P, A) False on padding
-    edges: Tensor  # (P, A) CP weight index of each child (padding: 0)
     partitions: Tensor  # (P,) global partition index
+    part_region: Tensor  # (P,) the position of each partition's region in this level
+    edge_child: Tensor  # (E,) the column of each edge's child
+    edge_param: Tensor  # (E,) its CP weight index
+    edge_part: Tensor  # (E,) the position of its partition in this level
+    children: Tensor  # (P, 2) the children's columns of binary partitions (Tucker)
     region_parts: Tensor  # (R, M) position in this level's partitions (padding: P)
     region_valid: Tensor  # (R, M)
     columns: Tensor  # (R,) the columns the level's regions write
+    pair_order: Tensor  # (2P,) edges in partition order (Tucker: left, right per partition)
+    start: int  # the first column
+    sources: list[tuple[int, Tensor]]  # the edges' children: (earlier level, positions there)
 
     def to(self, device: torch.device) -> "_Level":
-        return _Level(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        tensors = [getattr(self, f).to(device) for f in self.__dataclass_fields__
+                   if f not in ("start", "sources")]
+        return _Level(*tensors, start=self.start,
+                      sources=[(lvl, pos.to(device)) for lvl, pos in self.sources])
 
 
 @dataclass
@@ -223,7 +233,10 @@ class Circuit(GenerativeModel):
         self.fit = GradientFit() if config.fit == "gradient" else EMFit(config.em_batches)
         self.input_kind = self._input_kind(spec, config)
         d = spec.dim
-        self.register_buffer("tree_parent", torch.arange(-1, d - 1), persistent=True)
+        # until the data give the Chow-Liu tree: a balanced binary tree (parent of d: (d-1)//2)
+        parent = (torch.arange(d) - 1).div(2, rounding_mode="floor")
+        parent[0] = -1
+        self.register_buffer("tree_parent", parent, persistent=True)
         graph = self._graph(spec, config)
         self._compile(graph)
         k = config.units
@@ -289,6 +302,9 @@ class Circuit(GenerativeModel):
         parts_of = graph.partitions_of()
         leaves = graph.leaves()
         column = {r: 1 + i for i, r in enumerate(leaves)}
+        # level 0 holds the constant column and the leaves; level h the regions of height h
+        level_of = {r: 0 for r in leaves}
+        position_of = {r: 1 + i for i, r in enumerate(leaves)}
         slot_var, slot_leaf = [], []
         for i, r in enumerate(leaves):
             for v in graph.regions[r]:
@@ -303,14 +319,22 @@ class Circuit(GenerativeModel):
         for h in range(1, max(heights) + 1):
             regions = [r for r in range(len(graph.regions)) if heights[r] == h]
             parts = [p for r in regions for p in parts_of[r]]
-            arity = max(len(graph.partitions[p].children) for p in parts)
+            local = {r: j for j, r in enumerate(regions)}
+            # edges sorted by the level their child lives on, so that each level's outputs are
+            # gathered once (a gather's backward is as large as its source, not the circuit)
+            edges = sorted(((i, a, p, c) for i, p in enumerate(parts)
+                            for a, c in enumerate(graph.partitions[p].children)),
+                           key=lambda e: (level_of[e[3]], e[0], e[1]))
+            sources = []
+            for lvl in sorted({level_of[c] for *_, c in edges}):
+                sources.append((lvl, torch.tensor([position_of[c] for *_, c in edges
+                                                   if level_of[c] == lvl])))
+            pair_order = torch.tensor([j for j, _ in sorted(enumerate(edges),
+                                                            key=lambda e: (e[1][0], e[1][1]))])
+            children = torch.tensor([[column[c] for c in graph.partitions[p].children]
+                                     for p in parts] if self.config.layer == "tucker" else [],
+                                    dtype=torch.long).reshape(-1, 2)
             width = max(len(parts_of[r]) for r in regions)
-            children = torch.zeros(len(parts), arity, dtype=torch.long)
-            valid = torch.zeros(len(parts), arity, dtype=torch.bool)
-            edges = torch.zeros(len(parts), arity, dtype=torch.long)
-            for i, p in enumerate(parts):
-                for a, c in enumerate(graph.partitions[p].children):
-                    children[i, a], valid[i, a], edges[i, a] = column[c], True, edge_of[(p, a)]
             position = {p: i for i, p in enumerate(parts)}
             region_parts = torch.full((len(regions), width), len(parts), dtype=torch.long)
             region_valid = torch.zeros(len(regions), width, dtype=torch.bool)
@@ -320,9 +344,15 @@ class Circuit(GenerativeModel):
             start = 1 + len(leaves) + sum(len(lv.regions) for lv in levels)
             for j, r in enumerate(regions):
                 column[r] = start + j
-            levels.append(_Level(torch.tensor(regions), children, valid, edges,
-                                 torch.tensor(parts, dtype=torch.long), region_parts,
-                                 region_valid, torch.arange(start, start + len(regions))))
+                level_of[r], position_of[r] = h, j
+            levels.append(_Level(
+                torch.tensor(regions), torch.tensor(parts, dtype=torch.long),
+                torch.tensor([local[graph.partitions[p].parent] for p in parts]),
+                torch.tensor([column[c] for _, _, _, c in edges]),
+                torch.tensor([edge_of[(p, a)] for _, a, p, _ in edges]),
+                torch.tensor([i for i, _, _, _ in edges]), children, region_parts,
+                region_valid, torch.arange(start, start + len(regions)), pair_order,
+                start=start, sources=sources))
         self._levels = levels
         self._slot_var = torch.tensor(slot_var, dtype=torch.long)
         self._slot_leaf = torch.tensor(slot_leaf, dtype=torch.long)
@@ -395,35 +425,41 @@ class Circuit(GenerativeModel):
             seen = observed[:, slot_var].unsqueeze(-1)
             hidden = self.inputs.log_mode().unsqueeze(0) if maximize else 0.0
             inputs = torch.where(seen, inputs, hidden)
-        leaf = inputs.new_zeros(n, len(self.graph.leaves()), k).index_add(1, slot_leaf, inputs)
-        values = torch.cat([inputs.new_zeros(n, 1, k), leaf], 1)
+        leaves = len(self.graph.leaves())
+        leaf = inputs.new_zeros(n, leaves, k).index_add(1, slot_leaf, inputs)
+        outputs = [torch.cat([inputs.new_zeros(n, 1, k), leaf], 1)]
         tucker = self.config.layer == "tucker"
         all_parts = []
         for lv in levels:
-            kids = values[:, lv.children]  # (N, P, A, K)
+            kids = torch.cat([outputs[lvl][:, pos] for lvl, pos in lv.sources], 1)  # (N, E, K)
             if tucker:
-                parts = self._tucker(kids, w.edges[lv.partitions], maximize)
-            else:
-                proj = self._project(kids, w.edges[lv.edges], maximize)  # (N, P, A, K)
-                parts = torch.where(lv.valid.unsqueeze(-1), proj, 0.0).sum(2)
+                pairs = kids[:, lv.pair_order].reshape(n, -1, 2, k)
+                parts = self._tucker(pairs, w.edges[lv.partitions], maximize)
+            else:  # per edge, then the product over each partition's edges (a sum of logs)
+                proj = self._project(kids, w.edges[lv.edge_param], maximize)  # (N, E, K)
+                parts = proj.new_zeros(n, len(lv.partitions), k).index_add(1, lv.edge_part,
+                                                                           proj)
             all_parts.append(parts)
+            if lv.region_parts.shape[1] == 1:  # one partition per region: nothing to mix
+                outputs.append(parts[:, lv.region_parts[:, 0]])
+                continue
             padded = torch.cat([parts, parts.new_full((n, 1, k), -float("inf"))], 1)
             mix = w.mix[lv.partitions][lv.region_parts.clamp_max(len(lv.partitions) - 1)]
             mix = mix.masked_fill(~lv.region_valid.unsqueeze(-1), -float("inf"))
             joint = padded[:, lv.region_parts] + mix  # (N, R, M, K)
-            region = joint.amax(2) if maximize else torch.logsumexp(joint, 2)
-            values = torch.cat([values, region], 1)
+            outputs.append(joint.amax(2) if maximize else torch.logsumexp(joint, 2))
+        values = torch.cat(outputs, 1)  # every column, in column order
         root = values[:, self._root_column] + w.root
         log_root = root.amax(-1) if maximize else torch.logsumexp(root, -1)
         return _Pass(values, log_root, all_parts)
 
     @staticmethod
     def _project(kids: Tensor, log_w: Tensor, maximize: bool) -> Tensor:
-        """log Σ_i W[o, i] exp(u_i) (or max_i) per child: kids (N, P, A, K), log_w (P, A, K, K)."""
+        """log Σ_i W[o, i] exp(u_i) (or max_i) per edge: kids (N, E, K), log_w (E, K, K)."""
         if maximize:
             return (kids.unsqueeze(-2) + log_w).amax(-1)
         top = kids.amax(-1, keepdim=True).clamp_min(-1e30)
-        out = torch.einsum("npai,paoi->npao", (kids - top).exp(), log_w.exp())
+        out = torch.einsum("nei,eoi->neo", (kids - top).exp(), log_w.exp())
         return out.clamp_min(1e-38).log() + top
 
     @staticmethod
@@ -539,33 +575,31 @@ class Circuit(GenerativeModel):
             chosen = unit[:, lv.columns]  # (N, R)
             active = chosen >= 0
             kk = chosen.clamp_min(0)
-            kids = values[:, lv.children]  # (N, P, A, K)
-            parts = up.parts[depth]
+            parts = up.parts[depth]  # (N, P, K)
             p_count = len(lv.partitions)
             # which partition of each region: ω[p, k] * value of partition p's unit k
             rp = lv.region_parts.clamp_max(p_count - 1)  # (R, M)
-            part_val = parts[:, rp]  # (N, R, M, K)
-            part_val = part_val.gather(3, kk[:, :, None, None].expand(-1, -1, rp.shape[1], 1))
-            mix = w.mix[lv.partitions][rp]  # (R, M, K)
-            mix = mix.unsqueeze(0).expand(n, -1, -1, -1).gather(
-                3, kk[:, :, None, None].expand(-1, -1, rp.shape[1], 1))
+            index = kk[:, :, None, None].expand(-1, -1, rp.shape[1], 1)
+            part_val = parts[:, rp].gather(3, index)  # (N, R, M, 1)
+            mix = w.mix[lv.partitions][rp].unsqueeze(0).expand(n, -1, -1, -1).gather(3, index)
             logits = (part_val + mix).squeeze(-1).masked_fill(~lv.region_valid, -float("inf"))
             m = choose(logits)  # (N, R)
             p_local = rp.unsqueeze(0).expand(n, -1, -1).gather(2, m.unsqueeze(-1)).squeeze(-1)
-            child_cols = lv.children[p_local]  # (N, R, A)
-            child_ok = lv.valid[p_local] & active.unsqueeze(-1)
-            child_val = kids[rows[:, None], p_local]  # (N, R, A, K)
             if tucker:
+                child_cols = lv.children[p_local]  # (N, R, 2)
+                child_val = values[rows[:, None, None], child_cols]  # (N, R, 2, K)
                 log_w = w.edges[lv.partitions[p_local], kk]  # (N, R, K*K)
                 pair = (child_val[:, :, 0].unsqueeze(-1)
                         + child_val[:, :, 1].unsqueeze(-2)).flatten(-2)
                 q = choose(log_w + pair)
                 picks = torch.stack([q // k, q % k], -1)  # (N, R, 2)
-            else:
-                e = lv.edges[p_local]  # (N, R, A)
-                log_w = w.edges[e, kk.unsqueeze(-1).expand_as(e)]  # (N, R, A, K)
-                picks = choose(log_w + child_val)
-            target = torch.where(child_ok, child_cols, self._columns)
+                target = torch.where(active.unsqueeze(-1), child_cols, self._columns)
+            else:  # every edge of a chosen partition picks its child's unit
+                region = lv.part_region[lv.edge_part]  # (E,)
+                on = active[:, region] & (p_local[:, region] == lv.edge_part)  # (N, E)
+                log_w = w.edges[lv.edge_param.unsqueeze(0), kk[:, region]]  # (N, E, K)
+                picks = choose(log_w + values[:, lv.edge_child])
+                target = torch.where(on, lv.edge_child, self._columns)
             unit.scatter_(1, target.reshape(n, -1), picks.reshape(n, -1))
         # leaves: every slot of an active leaf draws (or takes the mode of) its unit
         slot_unit = unit[:, 1 + slot_leaf]  # (N, S)
@@ -580,15 +614,17 @@ class Circuit(GenerativeModel):
     # -- fitting ---------------------------------------------------------------------------------
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
-        """An HCLT learns its Chow-Liu tree from the training data (then rebuilds itself)."""
+        """An HCLT learns its Chow-Liu tree from (at most 20,000 of) the training examples,
+        then rebuilds itself on it."""
         if self.config.structure != "hclt":
             return
         self.check_input(x)
         if self.input_kind == "gaussian":
             raise ConfigError("the Chow-Liu tree is learned from discrete data; use rat_spn "
                               "for continuous data")
-        parent = chow_liu_tree(self._flat(x).long().cpu(), int(self.spec.num_levels or 2),
-                               self.config.hclt_pseudo_count)
+        # the pairwise statistics of 20,000 examples pin the tree down; more only cost time
+        parent = chow_liu_tree(self._flat(x[:20000]).long().cpu(),
+                               int(self.spec.num_levels or 2), self.config.hclt_pseudo_count)
         self.tree_parent.copy_(parent.to(self.tree_parent.device))
         self._compile(hclt(parent))
 
@@ -613,9 +649,11 @@ class Circuit(GenerativeModel):
             w = self._weights().leaves()
             inputs = self._input_values(flat, slot_var).detach().requires_grad_()
             log_p = self._upward(inputs, None, w).log_root
-            grads = torch.autograd.grad(log_p.sum(), [w.edges, w.mix, w.root, inputs])
+            grads = torch.autograd.grad(log_p.sum(), [w.edges, w.mix, w.root, inputs],
+                                        allow_unused=True)  # one-partition regions never mix
         for stat, g in zip(stats[:3], grads[:3]):
-            stat += g.to(stat.dtype)
+            if g is not None:
+                stat += g.to(stat.dtype)
         self.inputs.em_accumulate(stats[3:], xs if self.input_kind == "gaussian" else xs.long(),
                                   grads[3])
         return log_p.detach()

@@ -79,28 +79,35 @@ class RegionGraph:
 
     def heights(self) -> list[int]:
         """0 for a leaf; otherwise 1 + the largest height of a child of any of its partitions.
-        Raises :class:`CircuitStructureError` on a cycle."""
+        Raises :class:`CircuitStructureError` on a cycle. Iterative (deep trees are common:
+        a Chow-Liu tree over 784 pixels can be hundreds of levels high)."""
         parts = self.partitions_of()
-        height: list[int | None] = [None] * len(self.regions)
-        on_path = [False] * len(self.regions)
-
-        def visit(r: int) -> int:
-            h = height[r]
-            if h is not None:
-                return h
-            if on_path[r]:
-                raise CircuitStructureError(f"region {r} {_show(self.regions[r])} is its own "
-                                            "descendant: the region graph has a cycle")
-            on_path[r] = True
-            children = [c for p in parts[r] for c in self.partitions[p].children]
-            value = 1 + max(visit(c) for c in children) if children else 0
-            on_path[r] = False
-            height[r] = value
-            return value
-
-        for r in range(len(self.regions)):
-            visit(r)
-        return [int(h) for h in height]  # type: ignore[arg-type]
+        n = len(self.regions)
+        children = [[c for p in parts[r] for c in self.partitions[p].children] for r in range(n)]
+        height: list[int] = [-1] * n
+        state = [0] * n  # 0 new, 1 on the stack, 2 done
+        for start in range(n):
+            if state[start]:
+                continue
+            stack = [(start, 0)]
+            state[start] = 1
+            while stack:
+                r, i = stack[-1]
+                if i < len(children[r]):
+                    stack[-1] = (r, i + 1)
+                    c = children[r][i]
+                    if state[c] == 1:
+                        raise CircuitStructureError(
+                            f"region {c} {_show(self.regions[c])} is its own descendant: the "
+                            "region graph has a cycle")
+                    if state[c] == 0:
+                        state[c] = 1
+                        stack.append((c, 0))
+                    continue
+                stack.pop()
+                state[r] = 2
+                height[r] = 1 + max((height[c] for c in children[r]), default=-1)
+        return height
 
 
 def _show(scope: tuple[int, ...] | set[int]) -> str:
