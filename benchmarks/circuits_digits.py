@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -43,16 +42,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, locked_json, machine  # noqa: E402
+from common import RESULTS, ROOT, locked_json, machine, train_preset  # noqa: E402
 
-from dgm.config import load_config  # noqa: E402
-from dgm.core.errors import DgmError  # noqa: E402
 from dgm.data import load  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
 from dgm.eval.missing import evaluate_missing, observed_mask  # noqa: E402
 from dgm.eval.plots import inpainting_png  # noqa: E402
 from dgm.runs import open_run  # noqa: E402
-from dgm.train.trainer import train  # noqa: E402
 
 RUNS = RESULTS / "tmp" / "circuit_runs"
 PEER_VENV = RESULTS / "tmp" / "cirkit-venv"
@@ -93,16 +89,10 @@ BINARY = {k: DIGITS[k] for k in ("hclt", "hclt_em", "quad_graph", "rat_spn", "mi
 def fit(name: str, preset: str, extra: tuple[str, ...], seed: int, data: str | None = None,
         more: tuple[str, ...] = ()) -> tuple[Path, str | None]:
     run_dir = RUNS / f"{name}-{data or 'digits'}-{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"train.seed={seed}", "train.progress=false", "train.threads=1", *extra, *more]
+    overrides = [f"train.seed={seed}", *extra, *more]
     if data is not None:
         overrides.append(f"data.name={data}")
-    config = load_config(ROOT / "configs" / f"{preset}.yaml", overrides=overrides)
-    try:
-        train(config, run_dir)
-    except DgmError as e:
-        return run_dir, f"{type(e).__name__}: {e}"
-    return run_dir, None
+    return run_dir, train_preset(run_dir, preset, overrides)
 
 
 def facts(run_dir: Path) -> dict[str, Any]:

@@ -67,3 +67,22 @@ def locked_json(name: str) -> Iterator[dict[str, Any]]:
         tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, path)
+
+
+def train_preset(run_dir: Path, preset: str, overrides: list[str]) -> str | None:
+    """Train ``configs/<preset>.yaml`` with ``overrides`` (one thread, progress off) into a
+    fresh ``run_dir``; None, or the error of a run that failed (reported, not dropped)."""
+    import shutil
+
+    from dgm.config import load_config
+    from dgm.core.errors import DgmError
+    from dgm.train.trainer import train
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = load_config(ROOT / "configs" / f"{preset}.yaml",
+                         overrides=["train.progress=false", "train.threads=1", *overrides])
+    try:
+        train(config, run_dir)
+    except DgmError as e:
+        return f"{type(e).__name__}: {e}"
+    return None

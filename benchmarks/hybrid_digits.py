@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,15 +37,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, locked_json, machine  # noqa: E402
+from common import RESULTS, locked_json, machine, train_preset  # noqa: E402
 
-from dgm.config import load_config  # noqa: E402
-from dgm.core.errors import DgmError  # noqa: E402
 from dgm.data import load  # noqa: E402
 from dgm.eval.classification import auroc, error_rate, expected_calibration_error  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
 from dgm.runs import open_run  # noqa: E402
-from dgm.train.trainer import train  # noqa: E402
 
 RUNS = RESULTS / "tmp" / "hybrid_runs"
 ANCHORS = {"book_hybrid_idf": {"test_nats": 152.4, "test_error": 0.119},
@@ -74,14 +70,7 @@ ROWS = {
 
 def fit(name: str, preset: str, extra: tuple[str, ...], seed: int) -> tuple[Path, str | None]:
     run_dir = RUNS / f"{name}-{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"train.seed={seed}", "train.progress=false", "train.threads=1", *extra]
-    config = load_config(ROOT / "configs" / f"{preset}.yaml", overrides=overrides)
-    try:
-        train(config, run_dir)
-    except DgmError as e:
-        return run_dir, f"{type(e).__name__}: {e}"
-    return run_dir, None
+    return run_dir, train_preset(run_dir, preset, [f"train.seed={seed}", *extra])
 
 
 def ood_sets(x: torch.Tensor, levels: int, seed: int) -> dict[str, torch.Tensor]:

@@ -113,6 +113,8 @@ def test_the_cli_scores_missing_pixels_and_inpaints_from_files(tmp_path, capsys)
     assert main(["sample", str(run), "--observed", str(tmp_path / "x.npy"), "--out",
                  str(tmp_path / "g.npy")]) == 2
     assert "needs both --observed" in capsys.readouterr().err
+    assert main(["sample", str(run), "--mpe", "--out", str(tmp_path / "p.npy")]) == 2
+    assert "no most-probable-explanation" in capsys.readouterr().err
     gpt_like = tmp_path / "made"
     assert main(["train", "made", "--data", "digits", "--epochs", "1", "--out", str(gpt_like),
                  "--set", "train.progress=false"]) == 0
@@ -121,10 +123,28 @@ def test_the_cli_scores_missing_pixels_and_inpaints_from_files(tmp_path, capsys)
     assert "no exact conditionals" in capsys.readouterr().err
 
 
-def test_the_report_shows_missing_data_and_inpainting(tmp_path) -> None:
+def test_the_report_shows_missing_data_and_inpainting_and_the_cli_completes(tmp_path,
+                                                                             capsys) -> None:
     run = tmp_path / "run"
     assert main(["train", "circuit", "--data", "digits", "--epochs", "1", "--out", str(run),
                  "--set", "train.progress=false", "--set", "model.units=4"]) == 0
+    from dgm.data import load
+
+    x = load("digits").test.x[:2].numpy().astype(np.int64)
+    mask = np.zeros((1, 8, 8), dtype=bool)
+    mask[:, :, :4] = True  # the left half observed
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "mask.npy", mask)
+    capsys.readouterr()
+    assert main(["sample", str(run), "--mpe", "--observed", str(tmp_path / "x.npy"), "--mask",
+                 str(tmp_path / "mask.npy"), "--out", str(tmp_path / "m.npy")]) == 0
+    assert "max-product" in capsys.readouterr().out
+    completed = np.load(tmp_path / "m.npy")
+    assert completed.shape == (2, 1, 8, 8) and np.array_equal(completed[..., :4], x[..., :4])
+    assert main(["eval", str(run), "--missing", str(tmp_path / "mask.npy")]) == 0
+    assert "the mask's pixels missing (exact" in capsys.readouterr().out
+    assert main(["sample", str(tmp_path / "nowhere"), "--mpe", "--out",
+                 str(tmp_path / "z.npy")]) == 2
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "<h2>Missing data</h2>" in page and "lower_half missing" in page

@@ -146,7 +146,10 @@ def _model_rows() -> list[dict[str, Any]]:
             "name": name,
             "class": e.cls.__name__,
             "likelihood": e.cls.likelihood.value,
-            "likelihood_by_data_kind": {k: e.cls.likelihood_on(DataKind(k)).value for k in kinds},
+            # a wrapper (the hybrid) has the likelihood of the model it wraps
+            "likelihood_by_data_kind": {
+                k: getattr(e.cls, "likelihood_of_wrapped", None)
+                or e.cls.likelihood_on(DataKind(k)).value for k in kinds},
             "data_kinds": kinds,
             "summary": e.summary,
         })
@@ -397,7 +400,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.missing is not None:
         from dgm.eval.missing import evaluate_missing
 
-        missing = evaluate_missing(model, dataset.split(args.split), args.missing,
+        mask = args.missing
+        if mask.endswith(".npy"):
+            import torch
+
+            mask = torch.as_tensor(_load_array(mask, "--missing")).to(torch.bool)
+        missing = evaluate_missing(model, dataset.split(args.split), mask,
                                    split_name=args.split, fraction=args.fraction,
                                    batch_size=args.batch_size, seed=args.seed)
     records = [r.to_dict() for r in (likelihood, quality, missing) if r is not None]
@@ -518,18 +526,14 @@ def _load_array(path: str, flag: str) -> Any:
         raise ConfigError(f"{flag} {path} is not a .npy array: {e}") from None
 
 
-def _inpaint(args: argparse.Namespace, model: Any, gen: Any) -> Any:
-    """Fill the unobserved coordinates of --observed (masked by --mask), -n draws of each."""
+def _observed_inputs(args: argparse.Namespace, spec: Any) -> tuple[Any, Any]:
+    """--observed (N, *shape) or (*shape) and --mask, checked: x in the data's dtype, the
+    (N, D) bool mask of observed coordinates."""
     import torch
 
-    from dgm.core.capabilities import Marginalizable
-
     if args.observed is None or args.mask is None:
-        raise ConfigError("inpainting needs both --observed FILE.npy and --mask MASK.npy")
-    if not isinstance(model, Marginalizable):
-        raise ConfigError(f"{type(model).__name__} has no exact conditionals to inpaint with "
-                          "(circuits and mixtures do)")
-    spec = model.spec
+        raise ConfigError("completing examples needs both --observed FILE.npy and --mask "
+                          "MASK.npy")
     x = torch.as_tensor(_load_array(args.observed, "--observed"))
     mask = torch.as_tensor(_load_array(args.mask, "--mask"))
     if tuple(x.shape) == spec.event_shape:
@@ -537,15 +541,44 @@ def _inpaint(args: argparse.Namespace, model: Any, gen: Any) -> Any:
     if tuple(x.shape[1:]) != spec.event_shape:
         raise ConfigError(f"--observed must have shape {spec.event_shape} or (N, "
                           f"{', '.join(map(str, spec.event_shape))}), got {tuple(x.shape)}")
-    x = x.to(spec.dtype)
     if mask.dtype != torch.bool:
         if not torch.all((mask == 0) | (mask == 1)):
             raise ConfigError("--mask must hold booleans or 0/1")
         mask = mask.to(torch.bool)
-    flat = spec.flat_mask(mask, x.shape[0])  # checks the shape
+    return x.to(spec.dtype), spec.flat_mask(mask, x.shape[0])  # checks the mask's shape
+
+
+def _inpaint(args: argparse.Namespace, model: Any, gen: Any) -> Any:
+    """Fill the unobserved coordinates of --observed (masked by --mask), -n draws of each."""
+    from dgm.core.capabilities import Marginalizable
+
+    if not isinstance(model, Marginalizable):
+        raise ConfigError(f"{type(model).__name__} has no exact conditionals to inpaint with "
+                          "(circuits and mixtures do)")
+    x, flat = _observed_inputs(args, model.spec)
     x = x.repeat_interleave(args.n, 0).to(model.device)
     flat = flat.repeat_interleave(args.n, 0).to(model.device)
     return model.sample_conditional(x, flat.reshape(x.shape), generator=gen).cpu()
+
+
+def _most_probable(args: argparse.Namespace, model: Any) -> Any:
+    """The max-product completion of --observed (or, without it, the most probable example)."""
+    from dgm.core.capabilities import MostProbableExplanation
+
+    if not isinstance(model, MostProbableExplanation):
+        raise ConfigError(f"{type(model).__name__} has no most-probable-explanation query "
+                          "(circuits do)")
+    if args.observed is None and args.mask is None:
+        result = model.mpe()
+    else:
+        x, flat = _observed_inputs(args, model.spec)
+        result = model.mpe(x.to(model.device), flat.reshape(x.shape).to(model.device))
+    how = "exact MPE" if result.exact else ("max-product: the best joint assignment of the "
+                                           "missing values and the circuit's latent choices, "
+                                           "an approximation of the MPE")
+    values = ", ".join(f"{v:.3f}" for v in result.log_value.tolist()[:8])
+    print(f"{how}; log value per example: {values}{' ...' if len(result.log_value) > 8 else ''}")
+    return result.x.cpu()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -568,7 +601,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     wanted = _sample_options(args, model)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     start = time.perf_counter()
-    if args.observed is not None or args.mask is not None:
+    if args.mpe:
+        if wanted:
+            raise ConfigError("--mpe takes no sampling options")
+        x = _most_probable(args, model)
+    elif args.observed is not None or args.mask is not None:
         if wanted:
             raise ConfigError("inpainting takes no sampling options")
         x = _inpaint(args, model, gen)
@@ -716,9 +753,10 @@ def _add_eval(sub: Any) -> None:
     s.add_argument("--k", type=_at_least(1),
                    help="importance samples (iwae) or draws averaged (elbo)")
     s.add_argument("--batch-size", type=_at_least(1), default=512)
-    s.add_argument("--missing", choices=["lower_half", "upper_half", "left_half", "right_half",
-                                         "random"],
-                   help="also score with these coordinates missing: -log p(x_observed) and "
+    s.add_argument("--missing", metavar="MASK",
+                   help="also score with coordinates missing: lower_half, upper_half, "
+                   "left_half, right_half, random (--fraction of them), or MASK.npy (True where "
+                   "observed; the data's shape or one row per example): -log p(x_observed) and "
                    "-log p(x_missing | x_observed), exact (models with exact marginals)")
     s.add_argument("--fraction", type=float, default=0.5,
                    help="the share of coordinates hidden by --missing random")
@@ -753,6 +791,9 @@ def _add_sample(sub: Any) -> None:
                    "x_observed); -n copies of each")
     g.add_argument("--mask", help=".npy of bools (or 0/1) of the data's shape or (N, *shape): "
                    "True where a coordinate is observed")
+    g.add_argument("--mpe", action="store_true",
+                   help="the most probable completion (max-product) instead of draws; without "
+                   "--observed, the most probable example")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     _threads_argument(s)

@@ -28,6 +28,7 @@ __all__ = [
     "MarkovChains",
     "Marginalizable",
     "Represents",
+    "MostProbableExplanation",
 ]
 
 
@@ -227,4 +228,15 @@ class Represents(Protocol):
 
     def representation(self, x: Tensor) -> Tensor:
         """Features (N, M), differentiable with respect to the model's parameters."""
+        ...
+
+
+@runtime_checkable
+class MostProbableExplanation(Protocol):
+    """A model that can complete x with its most probable values (a circuit's max-product
+    pass): ``dgm sample --mpe``."""
+
+    def mpe(self, x: Tensor | None = None, observed: Tensor | None = None) -> object:
+        """An object with ``x`` (the completion), ``log_value`` (N,) and ``exact`` (whether it
+        is the exact MPE or an approximation, as for a non-deterministic circuit)."""
         ...

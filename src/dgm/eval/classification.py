@@ -30,8 +30,6 @@ def expected_calibration_error(logits: Tensor, y: Tensor, bins: int = 15) -> flo
     confidence, guess = probs.max(-1)
     correct = (guess == y.to(guess.device)).double()
     index = (confidence * bins).long().clamp_max(bins - 1)
-    count = torch.zeros(bins, dtype=torch.float64).index_add(0, index.cpu(), torch.ones_like(
-        confidence).cpu())
     conf_sum = torch.zeros(bins, dtype=torch.float64).index_add(0, index.cpu(), confidence.cpu())
     acc_sum = torch.zeros(bins, dtype=torch.float64).index_add(0, index.cpu(), correct.cpu())
     return float((conf_sum - acc_sum).abs().sum() / len(y))

@@ -84,7 +84,8 @@ class MissingEvaluation:
             return "" if v is None else f", {v:.4f} bits/dim"
 
         what = "exact" if self.kind == "exact" else "exact density (continuous)"
-        return (f"{self.split}, {self.mask} missing ({what}; n={self.n}): "
+        where = "the mask's pixels" if self.mask == "masked" else self.mask
+        return (f"{self.split}, {where} missing ({what}; n={self.n}): "
                 f"-log p(x_observed) {self.observed_nats:.3f} ± {self.observed_stderr:.3f} "
                 f"nats{bpd(self.observed_bpd)}; -log p(x_missing | x_observed) "
                 f"{self.missing_nats:.3f} ± {self.missing_stderr:.3f} nats"
@@ -92,17 +93,23 @@ class MissingEvaluation:
 
 
 @torch.no_grad()
-def evaluate_missing(model: GenerativeModel, split: Split, mask: str, *,
+def evaluate_missing(model: GenerativeModel, split: Split, mask: str | Tensor, *,
                      split_name: str = "test", fraction: float = 0.5, batch_size: int = 1024,
                      seed: int = 0) -> MissingEvaluation:
-    """Score ``split`` with the coordinates of ``mask`` missing (see the module docstring)."""
+    """Score ``split`` with the coordinates of ``mask`` missing (see the module docstring):
+    a name of :func:`observed_mask`, or a bool tensor of observed coordinates (the data's shape,
+    or one row per example)."""
     if not isinstance(model, Marginalizable):
         raise ConfigError(f"{type(model).__name__} has no exact marginals, so it cannot score "
                           "missing data (circuits and mixtures can)")
     if model.likelihood_on(model.spec.kind) is not Likelihood.EXACT:
         raise ConfigError(f"{type(model).__name__}'s likelihood is not exact here")
     spec = model.spec
-    masks = observed_mask(spec, mask, len(split), fraction=fraction, seed=seed)
+    if isinstance(mask, Tensor):
+        masks = spec.flat_mask(mask, len(split)).reshape(len(split), *spec.event_shape)
+        mask = "masked"
+    else:
+        masks = observed_mask(spec, mask, len(split), fraction=fraction, seed=seed)
     was_training = model.training
     model.eval()
     marg, cond = [], []

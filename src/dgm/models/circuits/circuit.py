@@ -56,8 +56,7 @@ from dgm.core.fitting import EMFit, GradientFit, em_statistics_begun
 from dgm.core.registry import register_model
 from dgm.core.sampling import draw_categorical
 from dgm.core.spec import DataKind, DataSpec
-from dgm.models.circuits.inputs import (BernoulliInputs, BinomialInputs, CategoricalInputs,
-                                        GaussianInputs)
+from dgm.models.circuits.inputs import BinomialInputs, CategoricalInputs, GaussianInputs
 from dgm.models.circuits.region_graph import (RegionGraph, chow_liu_tree, hclt, poon_domingos,
                                               quad_graph, quad_tree, random_binary_trees)
 
@@ -245,9 +244,7 @@ class Circuit(GenerativeModel):
         scale = config.init_scale
         if self.input_kind == "categorical":
             self.inputs: nn.Module = CategoricalInputs(slots, k, levels, scale)
-        elif self.input_kind == "bernoulli":
-            self.inputs = BernoulliInputs(slots, k, scale)
-        elif self.input_kind == "binomial":
+        elif self.input_kind in ("bernoulli", "binomial"):  # the Bernoulli: one trial
             self.inputs = BinomialInputs(slots, k, levels, scale)
         else:
             self.inputs = GaussianInputs(slots, k, max(scale, 1.0))

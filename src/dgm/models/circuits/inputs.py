@@ -3,8 +3,8 @@ input *slot* (one slot per variable of every leaf region), all evaluated in one 
 
 - :class:`CategoricalInputs`: θ_sk(l) = softmax over the data's L levels (on binary data this is
   the Bernoulli with two logits);
-- :class:`BernoulliInputs`: one logit per unit, binary data;
-- :class:`BinomialInputs`: Binom(x; L-1, p_sk), one parameter per unit for ordered levels;
+- :class:`BinomialInputs`: Binom(x; L-1, p_sk), one parameter per unit for ordered levels; on
+  binary data (L = 2) the Bernoulli with one logit per unit;
 - :class:`GaussianInputs`: N(x; μ_sk, σ_sk²) for continuous data.
 
 Each gives log p(x_s | unit k) as (N, S, K); the circuit sets a slot's row to 0 (log 1) to
@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from dgm.core.sampling import draw_categorical
 
-__all__ = ["InputUnits", "CategoricalInputs", "BernoulliInputs", "BinomialInputs",
-           "GaussianInputs"]
+__all__ = ["InputUnits", "CategoricalInputs", "BinomialInputs", "GaussianInputs"]
 
 
 class InputUnits(Protocol):
@@ -117,51 +116,9 @@ class CategoricalInputs(nn.Module):
         self.logits.data.copy_(torch.log(_blend(old, theta, step_size)))
 
 
-class BernoulliInputs(nn.Module):
-    """p_sk = sigmoid(logit_sk) of x = 1; logits (S, K). Binary data."""
-
-    levels = 2
-
-    def __init__(self, slots: int, units: int, init_scale: float = 0.5) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(torch.randn(slots, units) * init_scale)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        x = x.to(self.logits.dtype).unsqueeze(-1)  # (N, S, 1)
-        return -F.binary_cross_entropy_with_logits(
-            self.logits.expand(x.shape[0], -1, -1), x.expand(-1, -1, self.logits.shape[1]),
-            reduction="none")
-
-    def log_mode(self) -> Tensor:
-        return F.logsigmoid(self.logits.abs())
-
-    def draw(self, slots: Tensor, units: Tensor, mode: bool,
-             generator: torch.Generator | None) -> Tensor:
-        logit = _pick(self.logits, slots, units)
-        if mode:
-            return (logit > 0).long()
-        both = torch.stack([F.logsigmoid(-logit), F.logsigmoid(logit)], -1)
-        return draw_categorical(both, generator)
-
-    def em_statistics(self) -> list[Tensor]:
-        zeros = torch.zeros_like(self.logits, dtype=torch.float64)
-        return [zeros, zeros.clone()]
-
-    def em_accumulate(self, stats: list[Tensor], x: Tensor, r: Tensor) -> None:
-        r = r.to(stats[0].dtype)
-        stats[0] += r.sum(0)
-        stats[1] += (r * x.to(r.dtype).unsqueeze(-1)).sum(0)
-
-    def em_maximize(self, stats: list[Tensor], pseudo_count: float, step_size: float) -> None:
-        ones, total = stats[1] + pseudo_count, stats[0] + 2 * pseudo_count
-        p = (ones / total.clamp_min(1e-300)).clamp(1e-6, 1 - 1e-6)
-        p = _blend(torch.sigmoid(self.logits.detach().double()), p, step_size)
-        self.logits.data.copy_(torch.log(p) - torch.log1p(-p))
-
-
 class BinomialInputs(nn.Module):
     """Binom(x; n, p_sk) with n = L - 1 trials, p_sk = sigmoid(logit_sk); one parameter per
-    unit, for ordered levels (intensities)."""
+    unit, for ordered levels (intensities); with two levels, the Bernoulli."""
 
     def __init__(self, slots: int, units: int, levels: int, init_scale: float = 0.5) -> None:
         super().__init__()

@@ -100,6 +100,7 @@ class Hybrid(GenerativeModel):
     """
 
     data_kinds = frozenset({DataKind.DISCRETE, DataKind.BINARY, DataKind.CONTINUOUS})
+    likelihood_of_wrapped = "its density model's"
 
     def __init__(self, spec: DataSpec, config: HybridConfig | None = None) -> None:
         super().__init__(spec)
