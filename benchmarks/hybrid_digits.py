@@ -17,8 +17,9 @@ Rows (``ROWS``): the pure classifier (the hybrid at λ = 0, an MLP on x), the ge
 alone (``configs/idf_digits.yaml``), the naive hybrid (two separate networks), the hybrid IDF
 with a shared trunk (``configs/hybrid_idf_digits.yaml``), the flow hybrid of Eq. 6.12 on
 RealNVP, the hybrid VAE (Eq. 6.14) and semi-supervised hybrid IDFs with 100 labels. With
-``--sweep``, the hybrid IDF at λ in ``LAMBDAS`` (additive weighting) draws the accuracy-versus-NLL
-curve, with the pure classifier's error and the generative IDF's NLL as its ends
+``--sweep``, the hybrid IDF at λ in ``LAMBDAS`` (additive weighting) over the same seeds draws the
+accuracy-versus-NLL curve (mean ± sd), with its ends: the classifier on the same trunk at λ = 0,
+the MLP on x, and the generative IDF's NLL
 (benchmarks/results/hybrid_lambda.png). Anchors: the book's hybrid IDF, 152.4 nats and 11.9%
 error; a plain MLP 7.6% and an RBF SVC 5.8% (ANCHORS.md); the generative IDF of BENCHMARKS.md.
 
@@ -40,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, locked_json, machine, train_preset  # noqa: E402
 
 from dgm.data import load  # noqa: E402
-from dgm.eval.classification import auroc, error_rate, expected_calibration_error  # noqa: E402
+from dgm.core.capabilities import Classifies  # noqa: E402
+from dgm.eval.classification import auroc, evaluate_classifier, ood_sets  # noqa: E402
 from dgm.eval.likelihood import evaluate  # noqa: E402
 from dgm.runs import open_run  # noqa: E402
 
@@ -73,22 +75,6 @@ def fit(name: str, preset: str, extra: tuple[str, ...], seed: int) -> tuple[Path
     return run_dir, train_preset(run_dir, preset, [f"train.seed={seed}", *extra])
 
 
-def ood_sets(x: torch.Tensor, levels: int, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {"noise": torch.randint(0, levels, x.shape, generator=gen),
-            "flipped": x.flip(-2)}
-
-
-def scores(model, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """log p(x) (None where the model has none) and the max softmax (None for no classifier)."""
-    model.eval()
-    with torch.no_grad():
-        log_p = model.log_prob(x).double() if hasattr(model, "log_prob") else None
-        logits = model.class_logits(x) if hasattr(model, "class_logits") else None
-    soft = None if logits is None else torch.softmax(logits.double(), -1).max(-1).values
-    return log_p, soft
-
-
 def row(name: str, preset: str, extra: tuple[str, ...], what: str, seed: int,
         data, lam: float | None = None) -> dict[str, Any]:
     run_dir, error = fit(name, preset, extra, seed)
@@ -102,55 +88,74 @@ def row(name: str, preset: str, extra: tuple[str, ...], what: str, seed: int,
     out.update({k: info.get(k) for k in ("epochs_completed", "best_epoch", "cpu_s",
                                          "num_parameters")})
     model = run.load_model("cpu").eval()
-    x, y = data.test.batch(slice(None), data.spec)
     e = evaluate(model, data.test, split_name="test",
                  method="iwae" if name == "hybrid_vae" else "auto", k=1000 if name ==
                  "hybrid_vae" else None)
     out.update({"test_nats": e.nll_nats, "test_stderr": e.stderr_nats, "kind": e.kind,
                 "label": e.label})
-    in_logp, in_soft = scores(model, x)
-    if hasattr(model, "class_logits"):
+    if isinstance(model, Classifies):
+        c = evaluate_classifier(model, data.test, seed=seed)
+        out.update({"test_error": c.error, "ece": c.ece})
+        for ood in c.auroc_softmax:
+            out[f"auroc_logp_{ood}"] = c.auroc_log_p[ood]
+            out[f"auroc_softmax_{ood}"] = c.auroc_softmax[ood]
+    else:  # the generative IDF alone: only its log p(x) separates
+        x, _ = data.test.all(data.spec)
         with torch.no_grad():
-            logits = model.class_logits(x)
-        out["test_error"] = error_rate(logits, y)
-        out["ece"] = expected_calibration_error(logits, y)
-    for ood, x_out in ood_sets(x, int(data.spec.num_levels), seed).items():
-        out_logp, out_soft = scores(model, x_out)
-        if in_logp is not None and out_logp is not None:
-            out[f"auroc_logp_{ood}"] = auroc(in_logp, out_logp)
-        if in_soft is not None and out_soft is not None and "test_error" in out:
-            out[f"auroc_softmax_{ood}"] = auroc(in_soft, out_soft)
+            log_p = model.log_prob(x).double()
+            for ood, x_out in ood_sets(x, data.spec, seed).items():
+                out[f"auroc_logp_{ood}"] = auroc(log_p, model.log_prob(x_out).double())
     print(json.dumps(out), flush=True)
     return out
 
 
+def _mean_sd(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[float, float]:
+    values = torch.tensor([r[key] * scale for r in rows], dtype=torch.float64)
+    return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+
+
 def plot(rows: list[dict[str, Any]]) -> None:
+    """Test error against test NLL over λ (mean ± sd over the sweep's seeds), with the ends:
+    the classifier on the same trunk at λ = 0, the MLP on x, and the generative IDF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = sorted((r for r in rows if r["model"].startswith("lambda_") and r.get("test_error")
-                    is not None and r["lam"] > 0), key=lambda r: r["lam"])
-    if not sweep:
+    def ok(r: dict[str, Any]) -> bool:
+        return r.get("error") is None and r.get("test_error") is not None
+
+    lams = sorted({r["lam"] for r in rows if r["model"].startswith("lambda_") and ok(r)
+                   and r["lam"] > 0})
+    if not lams:
         return
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=130)
-    ax.plot([r["test_nats"] for r in sweep], [100 * r["test_error"] for r in sweep], "o-",
-            color="tab:blue", label="hybrid IDF, additive λ")
-    for r in sweep:
-        ax.annotate(f"λ={r['lam']:g}", (r["test_nats"], 100 * r["test_error"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ends = {r["model"]: r for r in rows if r["model"] in ("classifier", "idf")}
-    if "classifier" in ends:
-        ax.axhline(100 * ends["classifier"]["test_error"], color="tab:green", ls="--",
-                   label=f"pure classifier (λ = 0): {100 * ends['classifier']['test_error']:.1f}%"
-                         f", NLL {ends['classifier']['test_nats']:.0f}")
-    if "idf" in ends:
-        ax.axvline(ends["idf"]["test_nats"], color="tab:red", ls="--",
-                   label=f"generative IDF: {ends['idf']['test_nats']:.1f} nats")
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=130)
+    points = []
+    for lam in lams:
+        rs = [r for r in rows if r["model"] == f"lambda_{lam:g}" and ok(r)]
+        (nll, nll_sd), (err, err_sd) = _mean_sd(rs, "test_nats"), _mean_sd(rs, "test_error", 100)
+        points.append((nll, err))
+        ax.errorbar(nll, err, xerr=nll_sd, yerr=err_sd, fmt="o", color="tab:blue", capsize=3)
+        ax.annotate(f"λ={lam:g}", (nll, err), textcoords="offset points", xytext=(7, 5),
+                    fontsize=8)
+    ax.plot(*zip(*points), "-", color="tab:blue", alpha=0.5,
+            label=f"hybrid IDF, additive λ (mean ± sd, {len(rs)} seeds)")
+    seeds = {r["seed"] for r in rows if r["model"].startswith("lambda_")}
+    ends = {name: [r for r in rows if r["model"] == name and r["seed"] in seeds and
+                   r.get("error") is None] for name in ("lambda_0", "classifier", "idf")}
+    if ends["lambda_0"]:
+        err = _mean_sd(ends["lambda_0"], "test_error", 100)[0]
+        ax.axhline(err, color="tab:green", ls="--",
+                   label=f"λ = 0: the classifier on the IDF's trunk alone, {err:.1f}%")
+    if ends["classifier"]:
+        err = _mean_sd(ends["classifier"], "test_error", 100)[0]
+        ax.axhline(err, color="tab:olive", ls=":", label=f"MLP on x (no density): {err:.1f}%")
+    if ends["idf"]:
+        nll = _mean_sd(ends["idf"], "test_nats")[0]
+        ax.axvline(nll, color="tab:red", ls="--", label=f"generative IDF alone: {nll:.1f} nats")
     ax.set_xlabel("test NLL of p(x), nats per image (exact)")
     ax.set_ylabel("test error of p(y | x), %")
-    ax.set_title("Hybrid IDF on the 8x8 digits: accuracy against likelihood")
+    ax.set_title("Hybrid IDF on the 8x8 digits: accuracy against likelihood over λ")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -160,7 +165,7 @@ def plot(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--plot-only", action="store_true")
@@ -175,9 +180,9 @@ def main() -> None:
                 rows.append(row(name, preset, extra, what, seed, data))
         if args.sweep:
             for lam in LAMBDAS:
-                rows.append(row(f"lambda_{lam:g}", "hybrid_idf_digits", (f"model.lam={lam}",),
-                                f"hybrid IDF, additive λ = {lam:g}", args.seeds[0], data,
-                                lam=lam))
+                for seed in args.seeds:
+                    rows.append(row(f"lambda_{lam:g}", "hybrid_idf_digits", (f"model.lam={lam}",),
+                                    f"hybrid IDF, additive λ = {lam:g}", seed, data, lam=lam))
     key = ("model", "seed")
     with locked_json("hybrid_digits") as result:
         new = {tuple(r.get(k) for k in key) for r in rows}

@@ -967,7 +967,8 @@ def _circuits(data: dict) -> str:
               ("binary_digits", "Binarized digits (pixel >= 8), exact test NLL",
                "binary_digits_nats"),
               ("binary_mnist", "Binarized MNIST (dynamic training binarization, fixed test "
-               "binarization), exact test NLL", None))
+               "binarization), exact test NLL", None),
+              ("mnist", "8-bit MNIST, exact test NLL (bits/dim in the 256-level space)", None))
     for part, title, anchor in tables:
         mine = [r for r in rows if r["part"] == part and r.get("error") is None]
         if not mine:

@@ -282,3 +282,26 @@ def test_circuits_train_through_the_trainer_below_the_independent_floor(fit, tmp
     model = open_run(tmp_path / "run").load_model()
     nll = evaluate(model, load("binary_digits_4x4").test).nll_nats
     assert nll < 5.18, nll  # the independent Bernoulli floor of the 4x4 bits
+
+
+def test_a_mixture_of_hclts_is_normalized_exact_and_reloads_its_trees():
+    spec = DataSpec((1, 2, 3), DataKind.DISCRETE, num_levels=3)
+    torch.manual_seed(0)
+    pc = Circuit(spec, CircuitConfig(structure="hclt", units=3, trees=3, init_scale=1.0))
+    x = _circuit("quad_graph", "cp", seed=3).sample(300, generator=torch.Generator().manual_seed(1))
+    pc.initialize_from_data(x, torch.Generator().manual_seed(0))
+    assert pc.tree_parent.shape == (3, 6) and len({tuple(t) for t in pc.tree_parent.tolist()}) > 1
+    with torch.no_grad():
+        pc.mix_logits.normal_()
+        states = _states(6, 3).reshape(-1, *spec.event_shape)
+        log_p = pc.log_prob(states).double()
+        assert float(torch.logsumexp(log_p, 0)) == pytest.approx(0.0, abs=1e-5)
+        observed = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool).reshape(spec.event_shape)
+        keys = states.reshape(len(states), -1)[:, observed.reshape(-1)]
+        index = (keys * torch.tensor([9, 3, 1])).sum(1)
+        brute = torch.zeros(27, dtype=torch.float64).index_add(0, index, log_p.exp())
+        assert torch.allclose(pc.log_marginal(states, observed).double().exp(), brute[index],
+                              atol=1e-6)
+    fresh = Circuit(spec, CircuitConfig(structure="hclt", units=3, trees=3))
+    fresh.load_state_dict(pc.state_dict())
+    assert torch.allclose(fresh.log_prob(states), pc.log_prob(states))

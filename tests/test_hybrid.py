@@ -129,3 +129,38 @@ def test_calibration_error_auroc_and_error_rate_against_brute_force() -> None:
     pairs = [(float(u > v) + 0.5 * float(u == v)) for u, v in itertools.product(a, b)]
     assert auroc(a, b) == pytest.approx(sum(pairs) / len(pairs), abs=1e-9)
     assert auroc(a + 100, b) == 1.0
+
+
+def test_an_arm_can_be_made_a_naive_hybrid() -> None:
+    model = build_model("hybrid", SPEC, density={"name": "arm", "hidden": 8, "num_layers": 2},
+                        trunk="naive")
+    x, y = _batch()
+    loss = model.loss(x, y)
+    assert loss.shape == (12,) and bool(torch.isfinite(loss).all())
+    assert model.likelihood_on(SPEC.kind).value == "exact"
+
+
+def test_eval_and_the_report_show_error_calibration_and_ood_scores(tmp_path, capsys) -> None:
+    from dgm.cli import main
+    from dgm.eval.classification import evaluate_classifier, ood_sets
+
+    run = tmp_path / "run"
+    assert main(["train", "hybrid", "--data", "digits", "--epochs", "2", "--out", str(run),
+                 "--set", "train.progress=false", "model.density.name=independent",
+                 "model.trunk=naive", "model.hidden=16"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "exact NLL" in out and "error" in out and "ECE" in out and "OOD AUROC" in out
+    from dgm.runs import open_run
+
+    model = open_run(run).load_model()
+    data = load("digits")
+    result = evaluate_classifier(model, data.test)
+    assert set(result.auroc_softmax) == {"noise", "flipped"}
+    # an independent model scores the noise far below the digits
+    assert result.auroc_log_p["noise"] > 0.99
+    x, _ = data.test.all(data.spec)
+    assert ood_sets(x, data.spec)["flipped"].shape == x.shape
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    assert "<h2>Classification</h2>" in (tmp_path / "r.html").read_text()

@@ -149,3 +149,20 @@ def test_the_report_shows_missing_data_and_inpainting_and_the_cli_completes(tmp_
     page = (tmp_path / "r.html").read_text()
     assert "<h2>Missing data</h2>" in page and "lower_half missing" in page
     assert "<h3>Inpainting</h3>" in page and 'alt="inpainting"' in page
+
+
+def test_a_query_mask_scores_a_conditional_with_the_rest_summed_out() -> None:
+    model = _models()["circuit"]
+    states = _states()
+    observed = torch.tensor([True, False, False, False]).reshape(1, 2, 2)
+    query = torch.tensor([False, False, True, False]).reshape(1, 2, 2)
+    result = evaluate_missing(model, Split(states), observed, query=query)
+    with torch.no_grad():
+        p = model.log_prob(states).double().exp()
+    flat = states.reshape(81, 4)
+    pair = torch.zeros(9, dtype=torch.float64).index_add(0, flat[:, 0] * 3 + flat[:, 2], p)
+    first = torch.zeros(3, dtype=torch.float64).index_add(0, flat[:, 0], p)
+    brute = -(pair[flat[:, 0] * 3 + flat[:, 2]] / first[flat[:, 0]]).log().mean()
+    assert result.missing_nats == pytest.approx(float(brute), abs=1e-4)
+    with pytest.raises(ConfigError, match="overlap"):
+        evaluate_missing(model, Split(states), observed, query=observed)

@@ -374,6 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """The likelihood (labelled by its method) and, with ``--metrics`` or for a model without a
     normalized likelihood, the sample quality against the split."""
     from dgm.core.base import Likelihood
+    from dgm.core.capabilities import Classifies
     from dgm.eval.likelihood import evaluate, resolve_method
     from dgm.eval.quality import sample_quality
 
@@ -397,6 +398,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         quality = sample_quality(model, dataset, metrics=args.metrics, n=args.n,
                                  split=args.split, seed=args.seed)
     missing = None
+    if args.query is not None and args.missing is None:
+        raise ConfigError("--query needs --missing (which coordinates are observed)")
     if args.missing is not None:
         from dgm.eval.missing import evaluate_missing
 
@@ -405,19 +408,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
             import torch
 
             mask = torch.as_tensor(_load_array(mask, "--missing")).to(torch.bool)
-        missing = evaluate_missing(model, dataset.split(args.split), mask,
+        query = None
+        if args.query is not None:
+            import torch
+
+            query = torch.as_tensor(_load_array(args.query, "--query")).to(torch.bool)
+        missing = evaluate_missing(model, dataset.split(args.split), mask, query=query,
                                    split_name=args.split, fraction=args.fraction,
                                    batch_size=args.batch_size, seed=args.seed)
-    records = [r.to_dict() for r in (likelihood, quality, missing) if r is not None]
+    classification = None
+    split = dataset.split(args.split)
+    if isinstance(model, Classifies) and split.y is not None and bool((split.y >= 0).all()):
+        from dgm.eval.classification import evaluate_classifier
+
+        classification = evaluate_classifier(model, split, split_name=args.split,
+                                             batch_size=args.batch_size, seed=args.seed)
+    found = (likelihood, quality, missing, classification)
+    records = [r.to_dict() for r in found if r is not None]
     if args.json:
-        if quality is None and missing is None:
+        if quality is None and missing is None and classification is None:
             print(json.dumps(records[0], indent=2))
         else:
             print(json.dumps({"likelihood": likelihood and likelihood.to_dict(),
                               "quality": quality and quality.to_dict(),
-                              "missing": missing and missing.to_dict()}, indent=2))
+                              "missing": missing and missing.to_dict(),
+                              "classification": classification and classification.to_dict()},
+                             indent=2))
     else:
-        for r in (likelihood, quality, missing):
+        for r in found:
             if r is not None:
                 print(r.line())
     record = run.path / "evals.jsonl"
@@ -760,6 +778,10 @@ def _add_eval(sub: Any) -> None:
                    "-log p(x_missing | x_observed), exact (models with exact marginals)")
     s.add_argument("--fraction", type=float, default=0.5,
                    help="the share of coordinates hidden by --missing random")
+    s.add_argument("--query", metavar="QUERY.npy",
+                   help="with --missing: score -log p(x_query | x_observed) for these "
+                   "coordinates (True where queried; disjoint from the observed ones), the "
+                   "other missing ones summed out")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device")
     _threads_argument(s)

@@ -187,10 +187,15 @@ class Reconstructs(Protocol):
 
 @runtime_checkable
 class Classifies(Protocol):
-    """A generative model that is also a classifier (JEM): ``train.monitor: error`` asks it."""
+    """A generative model that is also a classifier (JEM, hybrids): ``train.monitor: error``
+    asks it, and ``dgm eval`` and the report show its error, calibration and OOD scores."""
 
     def classify(self, x: Tensor) -> Tensor:
         """The most probable class of each example, (N,) integers."""
+        ...
+
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        """log p(y | x), (N, K)."""
         ...
 
 

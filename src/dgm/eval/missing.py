@@ -84,21 +84,25 @@ class MissingEvaluation:
             return "" if v is None else f", {v:.4f} bits/dim"
 
         what = "exact" if self.kind == "exact" else "exact density (continuous)"
-        where = "the mask's pixels" if self.mask == "masked" else self.mask
+        where = self.mask.replace("masked", "the mask's pixels")
+        target = "x_query" if "query" in self.mask else "x_missing"
         return (f"{self.split}, {where} missing ({what}; n={self.n}): "
                 f"-log p(x_observed) {self.observed_nats:.3f} ± {self.observed_stderr:.3f} "
-                f"nats{bpd(self.observed_bpd)}; -log p(x_missing | x_observed) "
+                f"nats{bpd(self.observed_bpd)}; -log p({target} | x_observed) "
                 f"{self.missing_nats:.3f} ± {self.missing_stderr:.3f} nats"
                 f"{bpd(self.missing_bpd)}")
 
 
 @torch.no_grad()
 def evaluate_missing(model: GenerativeModel, split: Split, mask: str | Tensor, *,
-                     split_name: str = "test", fraction: float = 0.5, batch_size: int = 1024,
+                     query: Tensor | None = None, split_name: str = "test",
+                     fraction: float = 0.5, batch_size: int = 1024,
                      seed: int = 0) -> MissingEvaluation:
     """Score ``split`` with the coordinates of ``mask`` missing (see the module docstring):
     a name of :func:`observed_mask`, or a bool tensor of observed coordinates (the data's shape,
-    or one row per example)."""
+    or one row per example). With a ``query`` mask (disjoint from the observed coordinates),
+    the conditional is that of the query alone, -log p(x_Q | x_O), the other missing
+    coordinates summed out."""
     if not isinstance(model, Marginalizable):
         raise ConfigError(f"{type(model).__name__} has no exact marginals, so it cannot score "
                           "missing data (circuits and mixtures can)")
@@ -110,6 +114,12 @@ def evaluate_missing(model: GenerativeModel, split: Split, mask: str | Tensor, *
         mask = "masked"
     else:
         masks = observed_mask(spec, mask, len(split), fraction=fraction, seed=seed)
+    queries = None
+    if query is not None:
+        queries = spec.flat_mask(query, len(split)).reshape(masks.shape)
+        if bool((queries & masks).any()):
+            raise ConfigError("the query and the observed coordinates overlap")
+        mask = f"{mask}; query: the query mask's pixels"
     was_training = model.training
     model.eval()
     marg, cond = [], []
@@ -120,12 +130,18 @@ def evaluate_missing(model: GenerativeModel, split: Split, mask: str | Tensor, *
             observed = masks[start:start + x.shape[0]].to(model.device)
             log_o = model.log_marginal(x, observed).double()
             marg.append(-log_o.cpu())
-            cond.append((log_o - model.log_prob(x).double()).cpu())
+            if queries is None:
+                log_joint = model.log_prob(x).double()
+            else:
+                both = observed | queries[start:start + x.shape[0]].to(model.device)
+                log_joint = model.log_marginal(x, both).double()
+            cond.append((log_o - log_joint).cpu())
     finally:
         model.train(was_training)
     o, m = torch.cat(marg), torch.cat(cond)
     dims_o = float(masks.reshape(len(split), -1).sum(1).double().mean())
-    dims_m = spec.dim - dims_o
+    dims_m = spec.dim - dims_o if queries is None else float(
+        queries.reshape(len(split), -1).sum(1).double().mean())
     continuous = spec.kind is DataKind.CONTINUOUS
 
     def se(t: Tensor) -> float:

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
-from dgm.core.capabilities import Marginalizable, MarkovChains
+from dgm.core.capabilities import Classifies, Marginalizable, MarkovChains
 from dgm.core.capabilities import Reconstructs
 from dgm.data.dataset import Dataset
 from dgm.core.spec import DataKind
@@ -237,6 +237,15 @@ def write_report(
             f"<h2>Likelihood</h2><p class=note>{html.escape(type(model).__name__)} has no "
             f"normalized likelihood ({html.escape(kind)}): no number here is an NLL.</p>"
         )
+    if isinstance(model, Classifies) and dataset.test.y is not None:
+        from dgm.eval.classification import evaluate_classifier
+
+        scored = evaluate_classifier(model, dataset.test, seed=seed)
+        parts.append(
+            "<h2>Classification</h2><p>" + html.escape(scored.line()) + "</p><p class=note>"
+            "The error of argmax p(y | x); the expected calibration error of its confidence; "
+            "how well log p(x) and the max softmax tell the test set from uniform noise and "
+            "from the test images upside down (AUROC: 1 separates them, 0.5 is chance).</p>")
     parts.append("<h2>Sample quality</h2>" + _quality_html(quality, dataset))
     monitor = info.get("val_label") or info.get("val_method", "?")
     parts.append(

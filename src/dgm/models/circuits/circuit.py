@@ -99,6 +99,9 @@ class CircuitConfig:
             gradient fit and 3 for EM, whose units must start far apart (from units that are
             nearly alike, the first M-step makes them alike and EM stays at that fixed point).
         hclt_pseudo_count: smoothing of the pairwise counts behind the Chow-Liu tree.
+        trees: the HCLT's number of trees: more than one makes a mixture of HCLTs whose trees
+            are the Chow-Liu trees of bootstrap resamples of the training data (the first of
+            the data itself).
     """
 
     structure: Literal["rat_spn", "quad_tree", "quad_graph", "poon_domingos", "hclt"] = "hclt"
@@ -116,6 +119,7 @@ class CircuitConfig:
     softening: float = 0.0
     init_scale: float | None = None
     hclt_pseudo_count: float = 0.1
+    trees: int = 1
 
     def __post_init__(self) -> None:
         if self.structure not in _STRUCTURES:
@@ -129,7 +133,7 @@ class CircuitConfig:
             raise ConfigError(f"fit must be gradient or em, got {self.fit!r}")
         if self.layer == "tucker" and self.structure == "hclt":
             raise ConfigError("an HCLT has partitions of any arity: use layer: cp")
-        for name in ("units", "repetitions", "delta"):
+        for name in ("units", "repetitions", "delta", "trees"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.depth < 0:
@@ -235,6 +239,8 @@ class Circuit(GenerativeModel):
         # until the data give the Chow-Liu tree: a balanced binary tree (parent of d: (d-1)//2)
         parent = (torch.arange(d) - 1).div(2, rounding_mode="floor")
         parent[0] = -1
+        if config.trees > 1:
+            parent = parent.expand(config.trees, d).clone()
         self.register_buffer("tree_parent", parent, persistent=True)
         graph = self._graph(spec, config)
         self._compile(graph)
@@ -611,17 +617,32 @@ class Circuit(GenerativeModel):
     # -- fitting ---------------------------------------------------------------------------------
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
-        """An HCLT learns its Chow-Liu tree from (at most 20,000 of) the training examples,
-        then rebuilds itself on it."""
+        """An HCLT learns its Chow-Liu tree from (at most 20,000 of) the training examples, the
+        levels binned into max(2, 4096 // D) equal bins where there are more (MNIST's 256 levels
+        into 5), then rebuilds itself on it."""
         if self.config.structure != "hclt":
             return
         self.check_input(x)
         if self.input_kind == "gaussian":
             raise ConfigError("the Chow-Liu tree is learned from discrete data; use rat_spn "
                               "for continuous data")
-        # the pairwise statistics of 20,000 examples pin the tree down; more only cost time
-        parent = chow_liu_tree(self._flat(x[:20000]).long().cpu(),
-                               int(self.spec.num_levels or 2), self.config.hclt_pseudo_count)
+        # the pairwise statistics of 20,000 examples pin the tree down; more only cost time.
+        # Many levels (8-bit pixels) are binned for them: the one-hot statistics are (D B)^2.
+        levels = int(self.spec.num_levels or 2)
+        bins = min(levels, max(2, 4096 // self.spec.dim))
+        v = self._flat(x).long().cpu() * bins // levels
+        trees = []
+        for t in range(self.config.trees):
+            if t == 0:
+                rows = v[:20000]
+            else:  # a bootstrap resample
+                index = torch.randint(0, len(v), (min(len(v), 20000),),
+                                      generator=torch.Generator().manual_seed(
+                                          int(torch.randint(0, 2**31 - 1, (1,),
+                                                            generator=generator))))
+                rows = v[index]
+            trees.append(chow_liu_tree(rows, bins, self.config.hclt_pseudo_count))
+        parent = torch.stack(trees) if self.config.trees > 1 else trees[0]
         self.tree_parent.copy_(parent.to(self.tree_parent.device))
         self._compile(hclt(parent))
 

@@ -338,29 +338,44 @@ def chow_liu_tree(x: Tensor, levels: int, pseudo_count: float = 0.1) -> Tensor:
 def hclt(parent: Tensor) -> RegionGraph:
     """The region graph of a hidden Chow-Liu tree with the tree ``parent`` (D,), -1 at the root:
     a leaf region {d} per variable and a region per subtree, split into {d} and the subtrees of
-    d's children. Every region count depends only on D, so any tree of D variables gives
+    d's children. With T trees ``parent`` (T, D), a mixture of HCLTs (a mixture of trees, Meila
+    & Jordan 2000): the leaves are shared, each tree has its own subtree regions, and the root
+    mixes the T trees' top regions. Every count depends only on T and D, so any trees give
     circuits with the same parameter shapes."""
-    d = parent.numel()
-    p = parent.tolist()
-    roots = [v for v in range(d) if p[v] < 0]
-    if len(roots) != 1:
-        raise CircuitStructureError(f"an HCLT needs a tree with one root, got roots {roots}")
-    children: list[list[int]] = [[] for _ in range(d)]
-    for v in range(d):
-        if p[v] >= 0:
-            children[p[v]].append(v)
-    # regions 0..D-1: the leaves {v}; D..2D-1: the subtrees
-    scopes: list[tuple[int, ...]] = [(v,) for v in range(d)] + [()] * d
-    order, stack = [], [roots[0]]
-    while stack:
-        v = stack.pop()
-        order.append(v)
-        stack.extend(children[v])
-    if len(order) != d:
-        raise CircuitStructureError("the parent array is not a tree (a cycle or a stray node)")
-    for v in reversed(order):
-        scopes[d + v] = tuple(sorted([v, *(u for c in children[v] for u in scopes[d + c])]))
-    partitions = [Partition(d + v, (v, *(d + c for c in children[v]))) for v in range(d)]
-    graph = RegionGraph(d, tuple(scopes), tuple(partitions), d + roots[0])
+    parents = parent.reshape(-1, parent.shape[-1])
+    d = parents.shape[1]
+    scopes: list[tuple[int, ...]] = [(v,) for v in range(d)]
+    partitions: list[Partition] = []
+    tops = []
+    for t, row in enumerate(parents.tolist()):
+        offset = d * (1 + t)  # this tree's subtree of v is region offset + v
+        roots = [v for v in range(d) if row[v] < 0]
+        if len(roots) != 1:
+            raise CircuitStructureError(f"an HCLT needs a tree with one root, got roots {roots}"
+                                        f" in tree {t}")
+        children: list[list[int]] = [[] for _ in range(d)]
+        for v in range(d):
+            if row[v] >= 0:
+                children[row[v]].append(v)
+        order, stack = [], [roots[0]]
+        while stack:
+            v = stack.pop()
+            order.append(v)
+            stack.extend(children[v])
+        if len(order) != d:
+            raise CircuitStructureError(f"tree {t} is not a tree (a cycle or a stray node)")
+        subtree: list[tuple[int, ...]] = [()] * d
+        for v in reversed(order):
+            subtree[v] = tuple(sorted([v, *(u for c in children[v] for u in subtree[c])]))
+        scopes.extend(subtree)
+        partitions.extend(Partition(offset + v, (v, *(offset + c for c in children[v])))
+                          for v in range(d))
+        tops.append(offset + roots[0])
+    root = tops[0]
+    if len(tops) > 1:
+        root = len(scopes)
+        scopes.append(tuple(range(d)))
+        partitions.extend(Partition(root, (top,)) for top in tops)
+    graph = RegionGraph(d, tuple(scopes), tuple(partitions), root)
     validate(graph)
     return graph

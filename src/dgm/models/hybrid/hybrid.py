@@ -140,6 +140,10 @@ class Hybrid(GenerativeModel):
         self.check_input(x)
         return self.classifier(self._features(x))
 
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        """log p(y | x), (N, K)."""
+        return torch.log_softmax(self.class_logits(x), -1)
+
     def classify(self, x: Tensor) -> Tensor:
         """argmax_y p(y | x), (N,) long."""
         return self.class_logits(x).argmax(-1)
