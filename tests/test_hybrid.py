@@ -154,6 +154,7 @@ def test_eval_and_the_report_show_error_calibration_and_ood_scores(tmp_path, cap
     assert "exact NLL" in out and "error" in out and "ECE" in out and "OOD AUROC" in out
     from dgm.runs import open_run
 
+    assert open_run(run).info["val_method"] == "objective"  # a hybrid's default monitor
     model = open_run(run).load_model()
     data = load("digits")
     result = evaluate_classifier(model, data.test)

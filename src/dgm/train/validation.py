@@ -16,7 +16,8 @@
   with ``sample`` on continuous, low-dimensional data (2-D toys, which have no feature net for
   ``fd`` / ``kid``). Family-agnostic: it only calls ``model.sample(n, generator=g)``.
 
-``auto`` on a model with no normalized likelihood falls back to ``objective``.
+``auto`` on a model with no normalized likelihood falls back to ``objective``; a model that
+declares ``default_monitor`` (the hybrid: ``objective``, its λ-weighted joint loss) gets that.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def resolve_monitor(
         Likelihood.NONE,
         Likelihood.UNNORMALIZED,
     )
-    if name == "auto":
-        name = resolve_method(model, "auto") if normalized else "objective"
+    if name == "auto":  # a model may declare its own (a hybrid: its weighted objective)
+        name = getattr(model, "default_monitor", None) or (
+            resolve_method(model, "auto") if normalized else "objective")
     if name == "objective":
         return Monitor(
             "objective",

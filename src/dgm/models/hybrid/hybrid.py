@@ -101,6 +101,8 @@ class Hybrid(GenerativeModel):
 
     data_kinds = frozenset({DataKind.DISCRETE, DataKind.BINARY, DataKind.CONTINUOUS})
     likelihood_of_wrapped = "its density model's"
+    #: early stopping follows the weighted joint objective, not the likelihood alone
+    default_monitor = "objective"
 
     def __init__(self, spec: DataSpec, config: HybridConfig | None = None) -> None:
         super().__init__(spec)
