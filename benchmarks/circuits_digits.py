@@ -82,6 +82,10 @@ DIGITS = {
     "rat_spn": ("circuit_digits", ("model.structure=rat_spn", "model.units=16",
                                    "model.depth=4", "model.repetitions=8", *CAT),
                 "RAT-SPN, depth 4, 8 repetitions, K = 16, CP, categorical inputs"),
+    "rat_spn_1m": ("circuit_digits", ("model.structure=rat_spn", "model.units=32",
+                                      "model.depth=5", "model.repetitions=16", *CAT),
+                   "RAT-SPN, depth 5, 16 repetitions, K = 32, categorical inputs: a circuit "
+                   "of 1.6 M parameters"),
     "mixture": ("categorical_mixture_digits", (), "mixture of 40 categoricals (Bernoullis on "
                 "binary data), EM, α = 0.5"),
 }
@@ -211,18 +215,22 @@ def inpaint_rows(data, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def mnist_rows(budget: float, seed: int) -> list[dict[str, Any]]:
+def mnist_rows(budget: float, seed: int, datasets: list[str],
+               input_8bit: str = "binomial") -> list[dict[str, Any]]:
     """An HCLT (K = 16, batch 256, Adam 0.01) on binarized and on 8-bit MNIST, each trained for
     ``budget`` wall seconds (one thread), exact test NLL of the best-validation weights."""
     rows = []
-    for data_name, inputs in (("binary_mnist", "bernoulli"), ("mnist", "binomial")):
+    for data_name in datasets:
+        inputs = "bernoulli" if data_name == "binary_mnist" else input_8bit
         data = load(data_name)
         extra = ("model.units=16", f"model.input={inputs}", f"train.time_budget_s={budget}",
                  "train.batch_size=256", "train.epochs=1000")
         what = (f"HCLT, K = 16, {inputs} inputs, CP, Adam 0.01, batch 256, "
                 f"{budget:.0f} wall s of training")
-        rows.append(likelihood_row("hclt_16", what, "circuit_digits", extra, seed, data_name,
-                                   data))
+        name = "hclt_16" if budget == 900 else f"hclt_16_{budget:.0f}s"
+        if inputs == "categorical":
+            name += "_categorical"
+        rows.append(likelihood_row(name, what, "circuit_digits", extra, seed, data_name, data))
     return rows
 
 
@@ -235,6 +243,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", help="only these rows of the digits parts")
     ap.add_argument("--peer-units", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--mnist-budget", type=float, default=900.0)
+    ap.add_argument("--mnist-data", nargs="+", default=["binary_mnist", "mnist"],
+                    choices=["binary_mnist", "mnist"])
+    ap.add_argument("--mnist-input", default="binomial", choices=["binomial", "categorical"],
+                    help="the input units on 8-bit MNIST")
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = machine()  # the commit and command this invocation runs
@@ -261,7 +273,8 @@ def main() -> None:
     if "inpaint" in args.parts:
         rows.extend(inpaint_rows(digits, args.seeds[0]))
     if "mnist" in args.parts:
-        rows.extend(mnist_rows(args.mnist_budget, args.seeds[0]))
+        rows.extend(mnist_rows(args.mnist_budget, args.seeds[0], args.mnist_data,
+                               args.mnist_input))
     key = ("part", "model", "seed")
     with locked_json("circuits") as result:
         kept = [r for r in result.get("rows", [])
@@ -270,8 +283,11 @@ def main() -> None:
         result["rows"] = kept + rows
         result["anchors"] = ANCHORS
         result.setdefault("machines", {})
+        commands = result.setdefault("commands", {})
         for part in {r["part"] for r in rows}:
             result["machines"][part] = started
+            if started["command"] not in commands.setdefault(part, []):
+                commands[part].append(started["command"])
     print(f"wrote {RESULTS / 'circuits.json'} ({time.strftime('%H:%M')})")
 
 

@@ -984,9 +984,7 @@ _CIRCUIT_NOTES = {
         "HCLTs (the Chow-Liu trees of the data and of three bootstrap resamples, "
         "`model.trees=4`) goes below it, 18.65 ± 0.28 over three seeds, and below the RBM with "
         "20 hidden units (18.83, exact); the RBM with 64 hidden units (18.1, AIS) and the DBM "
-        "(17.75, AIS) of BENCHMARKS.md stay ahead on these 64 bits. The other rows of this "
-        "table come from the first invocation (`--parts digits peer binary inpaint`); the "
-        "machine line names the last.",
+        "(17.75, AIS) of BENCHMARKS.md stay ahead on these 64 bits.",
     ],
 }
 
@@ -1008,8 +1006,13 @@ def _circuits(data: dict) -> str:
         m = machines.get(part) or machines.get("peer")
         out += [f"### {title}", ""]
         if m:
+            commands = data.get("commands", {}).get(part, [])
+            also = ""
+            if len(commands) > 1:
+                also = (" The rows come from the invocations " + "; ".join(
+                    f"`{c}`" for c in commands) + " (the machine line names the last).")
             out += [f"Machine: {_machine(m)}. One thread per run; CPU seconds of training "
-                    "(validation included); mean ± sd over the seeds listed.", ""]
+                    f"(validation included); mean ± sd over the seeds listed.{also}", ""]
         out += ["| model | what | seeds | test nats/image | bits/dim | val nats | epochs (best) "
                 "| train CPU s | params |", "|---|---|---|---|---|---|---|---|---|"]
         by: dict[str, list[dict]] = {}
