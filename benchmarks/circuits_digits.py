@@ -231,6 +231,10 @@ def mnist_rows(budget: float, seed: int, datasets: list[str],
         if inputs == "categorical":
             name += "_categorical"
         rows.append(likelihood_row(name, what, "circuit_digits", extra, seed, data_name, data))
+        if data_name == "binary_mnist":  # the one-layer circuit beside it: 40 Bernoullis by EM
+            rows.append(likelihood_row(
+                "mixture", "mixture of 40 Bernoullis, EM, α = 0.5 (one M-step per epoch)",
+                "categorical_mixture_digits", ("train.epochs=40",), seed, data_name, data))
     return rows
 
 

@@ -960,6 +960,24 @@ def _mean_sd(values: list[float], nd: int = 2) -> str:
 
 
 _CIRCUIT_NOTES = {
+    "binary_mnist": [
+        "Within the stated wall-clock budgets on one CPU thread (the run stops after the "
+        "first epoch past it; each was still improving at its last epoch): the HCLT with 16 "
+        "hidden states per pixel reaches 115.3 nats after 900 s and 111.5 after 2400 s, 35 "
+        "nats below the mixture of 40 Bernoullis (146.6). It is short of the RBM with 500 "
+        "hidden units trained by PCD for 1188 CPU s (95.1 by AIS, BENCHMARKS.md) and of "
+        "NADE / MADE (88.9 / 88.0, ANCHORS.md §2): 16 states per pixel are little capacity "
+        "for MNIST, and the published circuits use hundreds on a GPU.",
+    ],
+    "mnist": [
+        "8-bit MNIST (256 levels; the Chow-Liu statistics bin them into 5): with categorical "
+        "inputs over the 256 levels the HCLT reaches 1.321 bits/dim exact after 1500 wall "
+        "seconds (15 epochs, still improving), with binomial inputs (one parameter per unit, "
+        "unable to put mass on both 0 and 255 in one unit) 2.348 after 900 s. Beside the "
+        "circuit figures ANCHORS.md §7 gives from memory (HCLT 1.1-1.3, EiNet and RAT-SPN "
+        "1.3-1.7 bits/dim), LZMA's 1.49 and our VDM's bound of 1.39 after 40 CPU minutes "
+        "(BENCHMARKS.md, MNIST).",
+    ],
     "digits": [
         "cirkit runs in its own virtual environment (GPL; `benchmarks/peers/setup_cirkit.sh`), "
         "side by side with ours in the same benchmark invocation, on the same split, batch, "
