@@ -118,12 +118,15 @@ class DataSpec:
                             f"got {tuple(observed.shape)}")
         return mask.reshape(mask.shape[0], -1).expand(n, -1)
 
-    def validate_observed(self, x: Tensor, mask: Tensor, name: str = "x") -> None:
-        """:meth:`validate` where only the coordinates of ``mask`` (N, D) are checked."""
-        if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[0] == mask.shape[0] \
-                and x[0].numel() == mask.shape[1]:
-            x = torch.where(mask.to(x.device).reshape(x.shape), x, torch.zeros_like(x))
-        self.validate(x, name)
+    def checked_mask(self, x: Tensor, observed: Tensor, name: str = "x") -> Tensor:
+        """The (N, D) bool mask of ``observed`` (see :meth:`flat_mask`) for the batch ``x``,
+        after checking x as :meth:`validate` does on its observed coordinates only (the
+        others may hold anything)."""
+        if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.event_shape:
+            self.validate(x, name)  # raises the shape (or type) error
+        mask = self.flat_mask(observed.to(x.device), x.shape[0])
+        self.validate(torch.where(mask.reshape(x.shape), x, torch.zeros_like(x)), name)
+        return mask
 
     def validate(self, x: Tensor, name: str = "x") -> None:
         """Raise :class:`DataError` unless ``x`` is a batch ``(N, *event_shape)`` of this space."""

@@ -202,11 +202,18 @@ class _Weights:
 
 @dataclass
 class _Pass:
-    """One upward pass: every column's values (N, C, K) and the root's log value (N,)."""
+    """One upward pass: the outputs of every level ((N, columns of the level, K), level 0 the
+    constant column and the leaves), the root's log value (N,) and the partitions' values."""
 
-    values: Tensor
+    outputs: list[Tensor]
     log_root: Tensor
     parts: list[Tensor]  # per height, the partitions' values (N, P, K)
+
+    @property
+    def values(self) -> Tensor:
+        """Every column's values (N, C, K), in column order (only the top-down walk needs
+        them, so a likelihood pass never copies them into one tensor)."""
+        return torch.cat(self.outputs, 1)
 
 
 @register_model("circuit", CircuitConfig)
@@ -451,10 +458,10 @@ class Circuit(GenerativeModel):
             mix = mix.masked_fill(~lv.region_valid.unsqueeze(-1), -float("inf"))
             joint = padded[:, lv.region_parts] + mix  # (N, R, M, K)
             outputs.append(joint.amax(2) if maximize else torch.logsumexp(joint, 2))
-        values = torch.cat(outputs, 1)  # every column, in column order
-        root = values[:, self._root_column] + w.root
+        # the root is the one region of the top level (a leaf when there is no level)
+        root = (outputs[-1][:, 0] if levels else outputs[0][:, self._root_column]) + w.root
         log_root = root.amax(-1) if maximize else torch.logsumexp(root, -1)
-        return _Pass(values, log_root, all_parts)
+        return _Pass(outputs, log_root, all_parts)
 
     @staticmethod
     def _project(kids: Tensor, log_w: Tensor, maximize: bool) -> Tensor:
@@ -477,14 +484,6 @@ class Circuit(GenerativeModel):
         return out.clamp_min(1e-38).log() + top
 
     # -- queries ---------------------------------------------------------------------------------
-    def _mask(self, x: Tensor, observed: Tensor) -> Tensor:
-        """The checked (N, D) mask; only x's observed coordinates must be valid."""
-        if not isinstance(x, Tensor) or x.dim() < 1:
-            self.check_input(x)
-        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
-        self.spec.validate_observed(x, mask)
-        return mask
-
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """log P(x), (N,), exact, in nats; labels are ignored."""
         self.check_input(x)
@@ -504,7 +503,7 @@ class Circuit(GenerativeModel):
     def log_marginal(self, x: Tensor, observed: Tensor) -> Tensor:
         """log P(x_O) = log Σ_{x_U} P(x_O, x_U), exact, (N,). ``observed`` is a bool mask of the
         data's shape, or one per example (N, *event); unobserved values of x are ignored."""
-        mask = self._mask(x, observed)
+        mask = self.spec.checked_mask(x, observed)
         flat = torch.where(mask, self._flat(x), torch.zeros_like(self._flat(x)))
         _, slot_var, _, _ = self._plan()
         return self._upward(self._input_values(flat, slot_var), mask, self._weights()).log_root
@@ -534,7 +533,7 @@ class Circuit(GenerativeModel):
     def sample_conditional(self, x: Tensor, observed: Tensor, *,
                            generator: torch.Generator | None = None) -> Tensor:
         """x_U ~ P(x_U | x_O) exactly; returns x with its unobserved coordinates filled."""
-        self._mask(x, observed)
+        self.spec.checked_mask(x, observed)
         return self._walk(x, observed, maximize=False, generator=generator)[0]
 
     @torch.no_grad()
@@ -549,7 +548,7 @@ class Circuit(GenerativeModel):
             observed = torch.zeros(self.spec.event_shape, dtype=torch.bool)
         if observed is None:
             raise ConfigError("mpe needs an observed mask with x")
-        self._mask(x, observed)
+        self.spec.checked_mask(x, observed)
         out, log_value = self._walk(x, observed, maximize=True, generator=None)
         return MPEResult(out, log_value, exact=self.config.units == 1)
 

@@ -159,28 +159,30 @@ class Hybrid(GenerativeModel):
         return -F.cross_entropy(self.class_logits(x), y.long(), reduction="none") \
             + self.log_prob(x)
 
-    def loss_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        """The two terms per example: ``class_nll`` -log p(y | x) (0 where unlabelled) and
-        ``density_nll`` the density's own loss."""
-        density_nll = self.density.loss(x)
+    def _class_nll(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """-log p(y | x) per example, 0 where unlabelled (y negative or absent)."""
         if y is None:
-            return {"class_nll": torch.zeros_like(density_nll), "density_nll": density_nll}
+            return torch.zeros(x.shape[0], device=x.device)
         if y.shape != (x.shape[0],):
             raise DataError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
         labelled = y >= 0
         logits = self.classifier(self._features(x))
         class_nll = F.cross_entropy(logits, y.clamp_min(0).long(), reduction="none")
-        return {"class_nll": torch.where(labelled, class_nll, torch.zeros_like(class_nll)),
-                "density_nll": density_nll}
+        return torch.where(labelled, class_nll, torch.zeros_like(class_nll))
+
+    def loss_terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """The two terms per example: ``class_nll`` -log p(y | x) (0 where unlabelled) and
+        ``density_nll`` the density's own loss."""
+        return {"class_nll": self._class_nll(x, y), "density_nll": self.density.loss(x)}
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The weighted objective per example (see the module docstring)."""
-        terms = self.loss_terms(x, y)
         lam = self.config.lam
         class_weight = (1 - lam) if self.config.weighting == "convex" else 1.0
-        if lam == 0:  # the pure classifier: the density is not even evaluated into the loss
-            return class_weight * terms["class_nll"]
-        return class_weight * terms["class_nll"] + lam * terms["density_nll"]
+        class_nll = self._class_nll(x, y)
+        if lam == 0:  # the pure classifier: the density is not evaluated at all
+            return class_weight * class_nll
+        return class_weight * class_nll + lam * self.density.loss(x)
 
     def sample(self, n: int, *, y: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:

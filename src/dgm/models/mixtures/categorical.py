@@ -127,16 +127,14 @@ class CategoricalMixture(GenerativeModel):
 
     def log_marginal(self, x: Tensor, observed: Tensor) -> Tensor:
         """log P(x_O) = LSE_k [log π_k + Σ_{d∈O} log θ_kd(x_d)], exact, (N,)."""
-        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
-        self.spec.validate_observed(x, mask)
+        mask = self.spec.checked_mask(x, observed)
         return torch.logsumexp(self.log_weights + self.component_log_prob(x, mask), -1)
 
     @torch.no_grad()
     def sample_conditional(self, x: Tensor, observed: Tensor, *,
                            generator: torch.Generator | None = None) -> Tensor:
         """x_U ~ P(x_U | x_O): k from its posterior given x_O, then x_U ~ Π θ_k; exact."""
-        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
-        self.spec.validate_observed(x, mask)
+        mask = self.spec.checked_mask(x, observed)
         k = draw_categorical(self.log_weights + self.component_log_prob(x, mask), generator)
         draws = draw_categorical(self.log_theta[k], generator)  # (N, D)
         return torch.where(mask, self._flat(x), draws).reshape(x.shape)

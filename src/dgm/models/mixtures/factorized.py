@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.distributions import log_categorical, log_normal_diag, sum_except_batch
+from dgm.core.distributions import log_categorical, log_normal_diag
 from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.spec import DataSpec
@@ -68,12 +68,11 @@ class Factorized(GenerativeModel):
     def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         self.check_input(x)
         flat = x.reshape(x.shape[0], -1)
-        if self.spec.kind.is_discrete:
-            each = log_categorical(flat, self.logits.expand(flat.shape[0], -1, -1))
-            if self.spec.end_token is not None:  # padding after the end token is not scored
-                each = torch.where(self.spec.scored_positions(flat), each, torch.zeros_like(each))
-            return each.sum(1)
-        return sum_except_batch(log_normal_diag(flat, self.mean, self.log_var))
+        each = self._each(flat)
+        if self.spec.kind.is_discrete and self.spec.end_token is not None:
+            # padding after the end token is not scored
+            each = torch.where(self.spec.scored_positions(flat), each, torch.zeros_like(each))
+        return each.sum(1)
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, y)
@@ -88,8 +87,7 @@ class Factorized(GenerativeModel):
         token, whose length is itself random)."""
         if self.spec.end_token is not None:
             raise ConfigError("marginals of sequences with an end token are not defined here")
-        mask = self.spec.flat_mask(observed.to(x.device), x.shape[0])
-        self.spec.validate_observed(x, mask)
+        mask = self.spec.checked_mask(x, observed)
         flat = torch.where(mask, x.reshape(x.shape[0], -1), 0)
         return (self._each(flat) * mask).sum(1)
 
