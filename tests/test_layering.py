@@ -18,6 +18,7 @@ ALLOWED = {
     "models": {"core", "data"},
     "runs": {"core", "data", "models", "config", "checkpoints"},
     "checkpoints": {"core"},
+    "coding": {"core"},
     "config": {"core"},
     "eval": {"core", "data", "models", "runs", "config", "checkpoints"},
     "train": {"core", "data", "models", "runs", "config", "checkpoints", "eval"},

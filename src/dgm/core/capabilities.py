@@ -29,6 +29,10 @@ __all__ = [
     "Marginalizable",
     "Represents",
     "MostProbableExplanation",
+    "CodingCursor",
+    "SequentialCoding",
+    "IntegerLatent",
+    "BitsBackCoding",
 ]
 
 
@@ -244,4 +248,67 @@ class MostProbableExplanation(Protocol):
     def mpe(self, x: Tensor | None = None, observed: Tensor | None = None) -> object:
         """An object with ``x`` (the completion), ``log_value`` (N,) and ``exact`` (whether it
         is the exact MPE or an approximation, as for a non-deterministic circuit)."""
+        ...
+
+
+@runtime_checkable
+class CodingCursor(Protocol):
+    """The conditionals of one block of rows, step by step, for a lossless coder. ``steps``
+    lists the symbol positions of each step (together every position once); ``log_pmf`` gives
+    the next step's log-probabilities over the alphabet, (rows, G, A), from the symbols of the
+    earlier steps alone; ``advance`` hands over that step's symbol values (rows, G). Encoder
+    and decoder make the same calls in the same order, so they see the same numbers."""
+
+    steps: tuple[Tensor, ...]
+
+    def log_pmf(self) -> Tensor:
+        ...
+
+    def advance(self, values: Tensor) -> None:
+        ...
+
+
+@runtime_checkable
+class SequentialCoding(Protocol):
+    """A model with exact conditionals that a lossless coder can follow (ARMs, PixelCNN, the
+    transformer with its cache, mixtures, the IDF's latent): ``dgm compress --lossless``.
+    (Models that are only :class:`Marginalizable`, such as circuits, are coded through their
+    marginals.)"""
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> CodingCursor:
+        """A cursor for ``rows`` examples; ``alphabet`` (A,) the symbol values the pmfs range
+        over (the data's levels, or the window of an integer latent)."""
+        ...
+
+
+@runtime_checkable
+class IntegerLatent(Protocol):
+    """A model that codes an integer latent instead of x (an integer discrete flow): the
+    coder codes ``coding_symbols(x)`` and returns ``coding_inverse`` of the decoded ones."""
+
+    def coding_symbols(self, x: Tensor) -> Tensor:
+        """x (N, *event) -> integer symbols (N, S), a bijection."""
+        ...
+
+    def coding_inverse(self, symbols: Tensor) -> Tensor:
+        """The inverse of :meth:`coding_symbols`."""
+        ...
+
+
+@runtime_checkable
+class BitsBackCoding(Protocol):
+    """A latent-variable model that codes x by bits-back (BB-ANS): a diagonal Gaussian
+    posterior, a prior that is a mixture of diagonal Gaussians (one standard normal included)
+    and a decoder with a pmf over the data's levels (Townsend et al. 2019)."""
+
+    def coding_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z | x) = N(mean, diag exp(log_var)): (mean, log_var), each (N, M)."""
+        ...
+
+    def coding_prior(self) -> tuple[Tensor, Tensor, Tensor]:
+        """p(z) = Σ_k w_k N(μ_k, diag σ²_k): (log w (K,), μ (K, M), log σ² (K, M))."""
+        ...
+
+    def coding_likelihood(self, z: Tensor) -> Tensor:
+        """log p(x_d = l | z) for every coordinate and level: z (N, M) -> (N, D, L)."""
         ...

@@ -20,6 +20,7 @@ __all__ = [
     "log_bernoulli",
     "log_normal_diag",
     "log_standard_normal",
+    "log_normal_interval",
     "kl_normal_diag",
     "kl_standard_normal",
     "log_min_exp",
@@ -91,6 +92,15 @@ def log_min_exp(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     for a < b (the unused side of a ``torch.where``) neither the value nor its gradient is
     infinite (an infinite gradient times the zero of the unused side would be NaN)."""
     return a + torch.log(-torch.expm1((b - a).clamp(max=-eps)))
+
+
+def log_normal_interval(lo: Tensor, hi: Tensor) -> Tensor:
+    r"""log P(lo < ε < hi) = log(Φ(hi) - Φ(lo)) for a standard normal ε and lo < hi (either may
+    be infinite), stable in both tails: an interval above 0 is taken as Φ(-lo) - Φ(-hi)."""
+    upper = lo > 0
+    a, b = torch.where(upper, -hi, lo), torch.where(upper, -lo, hi)
+    log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
+    return log_b + torch.log1p(-torch.exp(log_a - log_b))
 
 
 def log_discretized_logistic(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "DgmError", "ConfigError", "DataError", "CheckpointError", "TrainingError", "SamplingError",
+    "CodecError",
 ]
 
 
@@ -34,3 +35,8 @@ class TrainingError(DgmError):
 
 class SamplingError(DgmError):
     """A sampler or solver that diverged (non-finite values) or could not reach its end."""
+
+
+class CodecError(DgmError):
+    """A compressed file that is truncated, corrupt, of another format version, or made by
+    another model; or data that the codec cannot code."""

@@ -51,6 +51,7 @@ class LikelihoodHead(nn.Module):
     """
 
     num_params: int = 1
+    num_levels: int | None = None  # the size of a discrete head's support 0..L-1
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         """Σ_d log p(x_d | θ_d); x (N, D) in the data space, params (N, D, P) -> (N,)."""
@@ -59,6 +60,17 @@ class LikelihoodHead(nn.Module):
     def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
         """log p(x_d | θ_d) for every coordinate, shape (N, D)."""
         raise NotImplementedError
+
+    def log_pmf(self, params: Tensor) -> Tensor:
+        """log p(x_d = l | θ_d) for every level l: params (N, D, P) -> (N, D, L), the table an
+        entropy coder reads. Only for discrete heads."""
+        if self.num_levels is None:
+            raise NotImplementedError(f"{type(self).__name__} is not a discrete likelihood")
+        n, d = params.shape[:2]
+        grid = torch.arange(self.num_levels, device=params.device).view(-1, 1, 1)
+        each = self.log_prob_each(grid.expand(-1, n, d).reshape(-1, d),
+                                  params.repeat(self.num_levels, 1, 1))
+        return each.reshape(self.num_levels, n, d).permute(1, 2, 0)
 
     @torch.no_grad()
     def set_marginal_bias(self, layer: nn.Module, x: Tensor) -> None:
@@ -92,6 +104,9 @@ class CategoricalHead(LikelihoodHead):
     def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
         return log_categorical(x, params)
 
+    def log_pmf(self, params: Tensor) -> Tensor:
+        return F.log_softmax(params, dim=-1)
+
     def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         probs = F.softmax(params, dim=-1).reshape(-1, self.num_levels)
         draws = torch.multinomial(probs, 1, generator=generator)
@@ -108,6 +123,8 @@ class CategoricalHead(LikelihoodHead):
 
 class BernoulliHead(LikelihoodHead):
     r"""p(x_d | θ_d) = Bern(x_d | sigmoid(θ_d)) for binary data."""
+
+    num_levels = 2
 
     def log_prob_each(self, x: Tensor, params: Tensor) -> Tensor:
         return log_bernoulli(x, params[..., 0])

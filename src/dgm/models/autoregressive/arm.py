@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.conditionals import AutoregressiveCursor, check_levels_alphabet
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, LikelihoodHead, likelihood_head
 from dgm.core.nn import CausalConv1d, made_network
@@ -99,6 +100,12 @@ class AutoregressiveModel(GenerativeModel):
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log p(x), shape (N,), nats."""
         return -self.log_prob(x, y)
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> AutoregressiveCursor:
+        """p(x_d | x_{<d}) position by position, for lossless coding (Book §10.4.3)."""
+        check_levels_alphabet(alphabet, int(self.spec.num_levels or 2))
+        return AutoregressiveCursor(self.params, self.head, rows, self.spec.event_shape,
+                                    self.device, self.spec.end_token)
 
 
 class CausalConvNet(nn.Module):

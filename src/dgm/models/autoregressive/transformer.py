@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from dgm.core.attention import KVCache, TransformerBlock
+from dgm.core.conditionals import AutoregressiveCursor, check_levels_alphabet
 from dgm.core.errors import ConfigError
 from dgm.core.heads import LIKELIHOODS, CategoricalHead, likelihood_head
 from dgm.core.registry import register_model
@@ -162,6 +163,12 @@ class TransformerARM(AutoregressiveModel):
             self.config.hidden // self.config.num_heads, device=ref.device, dtype=ref.dtype,
         )
 
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> AutoregressiveCursor:
+        """p(x_d | x_{<d}) token by token with the key/value cache (one new token per step,
+        as in generation), for lossless coding."""
+        check_levels_alphabet(alphabet, int(self.spec.num_levels or 2))
+        return _CachedCursor(self, rows)
+
     # -- sampling ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -252,6 +259,26 @@ class TransformerARM(AutoregressiveModel):
             prefix, self.spec.dim, sampling=sampling, generator=generator, use_cache=use_cache
         )
         return seq.reshape(n, *self.spec.event_shape)
+
+
+class _CachedCursor(AutoregressiveCursor):
+    """The transformer's conditionals through its cache: step d feeds token d-1 only."""
+
+    def __init__(self, model: TransformerARM, rows: int) -> None:
+        super().__init__(model.params, model.head, rows, model.spec.event_shape, model.device,
+                         model.spec.end_token)
+        self._model, self._cache = model, model.new_cache(rows)
+
+    def log_pmf(self) -> Tensor:
+        model, d, cache = self._model, self._d, self._cache
+        flat = self.x.view(self.x.shape[0], -1)
+        if d == 0:
+            h = model._embed(flat[:, :0], with_start=True, offset=0)
+        else:
+            h = model._embed(flat[:, d - 1:d], with_start=False, offset=cache.length)
+        theta = model._run(h, cache)[:, -1:]
+        cache.advance(h.shape[1])
+        return self._pmf_from(theta)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -24,9 +24,10 @@ References:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from dgm.core.distributions import (
     sample_mix_discretized_logistic,
     sum_except_batch,
 )
-from dgm.core.errors import ConfigError
+from dgm.core.errors import CodecError, ConfigError
 from dgm.core.nn import mlp
 from dgm.core.registry import register_model
 from dgm.core.transforms import Compose, Permutation, Transform
@@ -218,6 +219,30 @@ class FactorOutBase(nn.Module):
             z = torch.cat([z, sample_mix_discretized_logistic(
                 logits, loc, log_scale, generator=generator)], dim=1)
         return z
+
+
+class _LatentCursor:
+    """log π(z_G = a | z of earlier parts) for every a of the window and every coordinate of
+    the part G (the later parts do not enter a part's pmf)."""
+
+    def __init__(self, log_prob_each: Callable[[Tensor], Tensor], sizes: list[int], rows: int,
+                 alphabet: Tensor, dtype: torch.dtype) -> None:
+        self._log_prob_each, self._alphabet = log_prob_each, alphabet.to(dtype)
+        self.z = torch.zeros(rows, sum(sizes), dtype=dtype)
+        bounds = [0, *itertools.accumulate(sizes)]
+        self.steps = tuple(torch.arange(a, b) for a, b in zip(bounds, bounds[1:]))
+        self._t = 0
+
+    def log_pmf(self) -> Tensor:
+        positions, rows, size = self.steps[self._t], self.z.shape[0], len(self._alphabet)
+        candidates = self.z.repeat(size, 1)
+        candidates[:, positions] = self._alphabet.repeat_interleave(rows).unsqueeze(1)
+        each = self._log_prob_each(candidates)[:, positions]  # (A rows, G)
+        return each.reshape(size, rows, -1).permute(1, 2, 0)
+
+    def advance(self, values: Tensor) -> None:
+        self.z[:, self.steps[self._t]] = values.to(self.z.dtype)
+        self._t += 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -452,6 +477,31 @@ class IDF(GenerativeModel):
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log P(x) per example, in nats."""
         return -self.log_prob(x, y)
+
+    # -- lossless coding (Book §4.2: an IDF codes its integer latent) ---------------------------
+
+    def _unconditional_for_coding(self) -> None:
+        if self.num_classes is not None:
+            raise CodecError("a class-conditional IDF needs the labels to code; train an "
+                             "unconditional one for compression")
+
+    def coding_symbols(self, x: Tensor) -> Tensor:
+        """z = f(x - ⌊L/2⌋) as integers (N, D): what the coder codes."""
+        self._unconditional_for_coding()
+        return self.latent(x).round().long()
+
+    def coding_inverse(self, symbols: Tensor) -> Tensor:
+        """x = f⁻¹(z) + ⌊L/2⌋, (N, *event) long (not clamped: the encoder checks that it
+        gives x back)."""
+        x, _ = self.flow.inverse(symbols.to(self._dtype), None)
+        return (x + self.offset).round().long().reshape(-1, *self.spec.event_shape)
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> "_LatentCursor":
+        """The base's pmf over the window ``alphabet`` of integers, part by part (one step for
+        a factorized base, one per part for the factor-out base)."""
+        self._unconditional_for_coding()
+        sizes = getattr(self.base, "sizes", [self.dim])
+        return _LatentCursor(self.base.log_prob_each, sizes, rows, alphabet, self._dtype)
 
     @torch.no_grad()
     def sample(

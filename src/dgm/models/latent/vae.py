@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dgm.core.base import GenerativeModel, Likelihood
-from dgm.core.errors import ConfigError
+from dgm.core.errors import CodecError, ConfigError
 from dgm.core.fitting import StepInfo
 from dgm.core.heads import check_likelihood, likelihood_head
 from dgm.core.nn import EncoderInput, mlp
@@ -45,12 +45,19 @@ from dgm.core.registry import register_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.models.latent.posteriors import (
     AmortizedPosterior,
+    DiagonalGaussianPosterior,
     GaussianPosterior,
     PosteriorConfig,
     PosteriorDraw,
     build_posterior,
 )
-from dgm.models.latent.priors import Prior, PriorConfig, build_prior
+from dgm.models.latent.priors import (
+    MixturePrior,
+    Prior,
+    PriorConfig,
+    StandardNormalPrior,
+    build_prior,
+)
 
 __all__ = [
     "VAEConfig",
@@ -374,6 +381,33 @@ class VAE(GenerativeModel):
         z = self.prior.sample(n, generator=generator).to(self.inputs.scale.dtype)
         x = self.head.sample(self._decode(z), generator=generator)
         return self.as_data(x)
+
+    # --- bits-back coding (BB-ANS)
+
+    def coding_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z | x) as (mean, log σ²), (N, M) each: only a diagonal Gaussian posterior codes."""
+        if not isinstance(self.posterior, DiagonalGaussianPosterior):
+            raise CodecError(f"bits-back coding needs a diagonal Gaussian posterior, not "
+                             f"{type(self.posterior).__name__}")
+        q = self.encode(x)
+        return q.mean, q.log_var
+
+    def coding_prior(self) -> tuple[Tensor, Tensor, Tensor]:
+        """p(z) as a mixture of diagonal Gaussians: (log w (K,), μ (K, M), log σ² (K, M))."""
+        if isinstance(self.prior, MixturePrior):
+            means, log_vars = self.prior.components()
+            return self.prior.log_weights(), means, log_vars
+        if isinstance(self.prior, StandardNormalPrior):
+            zeros = self.inputs.scale.new_zeros(1, self.latent_dim)
+            return zeros.new_zeros(1), zeros, zeros
+        raise CodecError(f"bits-back coding needs a Gaussian or mixture prior, not "
+                         f"{type(self.prior).__name__}")
+
+    def coding_likelihood(self, z: Tensor) -> Tensor:
+        """log p(x_d = l | z), (N, D, L), for a discrete decoder."""
+        if self.head.num_levels is None:
+            raise CodecError("bits-back coding needs a discrete decoder (a pmf over the levels)")
+        return self.head.log_pmf(self._decode(z))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

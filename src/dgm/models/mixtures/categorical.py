@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.conditionals import MixtureCursor, check_levels_alphabet
 from dgm.core.errors import ConfigError
 from dgm.core.fitting import EMFit, GradientFit, em_statistics_begun
 from dgm.core.registry import register_model
@@ -147,6 +148,11 @@ class CategoricalMixture(GenerativeModel):
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """-log P(x), (N,)."""
         return -self.log_prob(x, y)
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> MixtureCursor:
+        """p(x_d | x_{<d}) coordinate by coordinate, for lossless coding."""
+        check_levels_alphabet(alphabet, self.theta_logits.shape[-1])
+        return MixtureCursor(self.log_weights, self.log_theta, rows)
 
     @torch.no_grad()
     def sample(self, n: int, *, y: Tensor | None = None,

@@ -13,8 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.conditionals import AutoregressiveCursor, check_levels_alphabet
 from dgm.core.distributions import log_categorical, log_normal_diag
-from dgm.core.errors import ConfigError
+from dgm.core.errors import CodecError, ConfigError
+from dgm.core.heads import CategoricalHead
 from dgm.core.registry import register_model
 from dgm.core.spec import DataSpec
 
@@ -76,6 +78,17 @@ class Factorized(GenerativeModel):
 
     def loss(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return -self.log_prob(x, y)
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> AutoregressiveCursor:
+        """Each coordinate under its own categorical (after an end token: padding, free), for
+        lossless coding."""
+        if not self.spec.kind.is_discrete:
+            raise CodecError("a Gaussian density has no pmf to code with")
+        check_levels_alphabet(alphabet, self.logits.shape[-1])
+        return AutoregressiveCursor(lambda x: self.logits.expand(x.shape[0], -1, -1),
+                                    CategoricalHead(self.logits.shape[-1]), rows,
+                                    self.spec.event_shape, self.logits.device,
+                                    self.spec.end_token)
 
     def _each(self, flat: Tensor) -> Tensor:
         if self.spec.kind.is_discrete:

@@ -1,0 +1,43 @@
+"""Compression with the library's models (Book ch. 10): real bitstreams in a checked file.
+
+- :func:`compress` / :func:`decompress`: one entry for every kind of code; the file's header
+  says which it holds.
+- :mod:`dgm.coding.lossless`: any model with exact conditionals drives a range coder.
+- :mod:`dgm.coding.bits_back`: BB-ANS for VAEs.
+- :mod:`dgm.coding.entropy`: the coders (constriction) on integer frequency tables.
+- :mod:`dgm.coding.container`: the file format.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dgm.coding.bits_back import can_code_bits_back, compress_bits_back, decompress_bits_back
+from dgm.coding.container import Container, Kind
+from dgm.coding.lossless import (CodingReport, can_code_losslessly, compress_lossless,
+                                 decompress_lossless)
+from dgm.core.base import GenerativeModel
+from dgm.core.errors import CodecError
+
+__all__ = ["compress", "decompress", "CodingReport", "can_code_losslessly", "Kind"]
+
+
+def compress(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
+    """The file's bytes for x (N, *event), and what coding it measured: exact conditionals
+    through a range coder where the model has them, else bits-back for a VAE."""
+    if can_code_losslessly(model):
+        return compress_lossless(model, x)
+    if can_code_bits_back(model):
+        return compress_bits_back(model, x)
+    raise CodecError(f"{type(model).__name__} cannot compress: it has neither exact "
+                     "conditionals nor a codec")
+
+
+def decompress(model: GenerativeModel, data: bytes) -> Tensor:
+    """The examples a file holds, decoded with the model that wrote it."""
+    box = Container.from_bytes(data)
+    if box.kind is Kind.LOSSLESS:
+        return decompress_lossless(model, box)
+    if box.kind is Kind.BITS_BACK:
+        return decompress_bits_back(model, box)
+    raise CodecError(f"this dgm cannot decode {box.kind.name.lower()} files yet")
