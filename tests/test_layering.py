@@ -20,8 +20,8 @@ ALLOWED = {
     "checkpoints": {"core"},
     "coding": {"core"},
     "config": {"core"},
-    "eval": {"core", "data", "models", "runs", "config", "checkpoints"},
-    "train": {"core", "data", "models", "runs", "config", "checkpoints", "eval"},
+    "eval": {"core", "data", "models", "runs", "config", "checkpoints", "coding"},
+    "train": {"core", "data", "models", "runs", "config", "checkpoints", "eval", "coding"},
 }
 
 

@@ -373,7 +373,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """The likelihood (labelled by its method) and, with ``--metrics`` or for a model without a
     normalized likelihood, the sample quality against the split."""
     from dgm.core.base import Likelihood
-    from dgm.core.capabilities import Classifies
+    from dgm.core.capabilities import Classifies, LossyCodec
     from dgm.eval.likelihood import evaluate, resolve_method
     from dgm.eval.quality import sample_quality
 
@@ -381,6 +381,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = run.load_model(args.device or "cpu")
     normalized = model.likelihood_on(model.spec.kind) not in (Likelihood.NONE,
                                                               Likelihood.UNNORMALIZED)
+    if isinstance(model, LossyCodec) and args.metrics is None:
+        from dgm.eval.compression import evaluate_codec
+
+        rd = evaluate_codec(model, dataset.split(args.split), split_name=args.split)
+        print(json.dumps(rd.to_dict(), indent=2) if args.json else rd.line())
+        _record(run, [rd.to_dict()])
+        return 0
     if args.metrics is None and not normalized:
         print(f"{type(model).__name__} has no normalized likelihood "
               f"({model.likelihood_on(model.spec.kind).value}); scoring its samples instead",
@@ -437,13 +444,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for r in found:
             if r is not None:
                 print(r.line())
+    _record(run, records)
+    return 0
+
+
+def _record(run: Any, records: list[dict[str, Any]]) -> None:
+    """Append evaluation records to the run's evals.jsonl."""
     record = run.path / "evals.jsonl"
     try:
         with open(record, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
     except OSError as e:  # the numbers are printed; a read-only run only loses the record
         print(f"warning: not recorded in {record}: {e.strerror}", file=sys.stderr)
-    return 0
 
 
 def _sampling(args: argparse.Namespace) -> Any:

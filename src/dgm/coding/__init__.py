@@ -4,6 +4,7 @@
   says which it holds.
 - :mod:`dgm.coding.lossless`: any model with exact conditionals drives a range coder.
 - :mod:`dgm.coding.bits_back`: BB-ANS for VAEs.
+- lossy codecs (:mod:`dgm.models.compression`) code their symbols through the same path.
 - :mod:`dgm.coding.entropy`: the coders (constriction) on integer frequency tables.
 - :mod:`dgm.coding.container`: the file format.
 """
@@ -15,8 +16,9 @@ from torch import Tensor
 from dgm.coding.bits_back import can_code_bits_back, compress_bits_back, decompress_bits_back
 from dgm.coding.container import Container, Kind
 from dgm.coding.lossless import (CodingReport, can_code_losslessly, compress_lossless,
-                                 decompress_lossless)
+                                 compress_lossy, decompress_lossless)
 from dgm.core.base import GenerativeModel
+from dgm.core.capabilities import LossyCodec
 from dgm.core.errors import CodecError
 
 __all__ = ["compress", "decompress", "CodingReport", "can_code_losslessly", "Kind"]
@@ -24,7 +26,10 @@ __all__ = ["compress", "decompress", "CodingReport", "can_code_losslessly", "Kin
 
 def compress(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
     """The file's bytes for x (N, *event), and what coding it measured: exact conditionals
-    through a range coder where the model has them, else bits-back for a VAE."""
+    through a range coder where the model has them, bits-back for a VAE, or a lossy codec's
+    code."""
+    if isinstance(model, LossyCodec):
+        return compress_lossy(model, x)
     if can_code_losslessly(model):
         return compress_lossless(model, x)
     if can_code_bits_back(model):
@@ -36,8 +41,8 @@ def compress(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
 def decompress(model: GenerativeModel, data: bytes) -> Tensor:
     """The examples a file holds, decoded with the model that wrote it."""
     box = Container.from_bytes(data)
-    if box.kind is Kind.LOSSLESS:
+    if box.kind in (Kind.LOSSLESS, Kind.LOSSY):
         return decompress_lossless(model, box)
     if box.kind is Kind.BITS_BACK:
         return decompress_bits_back(model, box)
-    raise CodecError(f"this dgm cannot decode {box.kind.name.lower()} files yet")
+    raise CodecError(f"unknown payload kind {box.kind}")

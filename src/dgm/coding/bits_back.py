@@ -36,10 +36,10 @@ from torch import Tensor
 
 from dgm.coding.container import Container, Kind, dtype_name, fingerprint
 from dgm.coding.entropy import AnsStack, quantize_pmf
-from dgm.coding.lossless import CodingReport, coding_precision
+from dgm.coding.lossless import CodingReport
 from dgm.core.base import GenerativeModel
 from dgm.core.capabilities import BitsBackCoding
-from dgm.core.conditionals import MixtureCursor
+from dgm.core.conditionals import MixtureCursor, coding_precision
 from dgm.core.distributions import log_normal_interval
 from dgm.core.errors import CodecError
 from dgm.core.spec import DataKind

@@ -17,8 +17,6 @@ does not depend on the other rows), never on how many images a call codes.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -31,17 +29,15 @@ from torch import Tensor
 from dgm.coding.container import Container, Kind, dtype_name, fingerprint
 from dgm.coding.entropy import RangeReader, RangeWriter, quantize_pmf
 from dgm.core.base import GenerativeModel
-from dgm.core.capabilities import (CodingCursor, IntegerLatent, Marginalizable,
+from dgm.core.capabilities import (CodingCursor, IntegerLatent, LossyCodec, Marginalizable,
                                    SequentialCoding)
-from dgm.core.conditionals import MarginalCursor
+from dgm.core.conditionals import CODING_ROWS, MarginalCursor, blockwise, coding_precision
 from dgm.core.errors import CodecError
 from dgm.core.spec import DataKind
 
-__all__ = ["CODING_ROWS", "CodingReport", "can_code_losslessly", "coding_precision",
-           "compress_lossless", "decompress_lossless", "example_bits"]
+__all__ = ["CodingReport", "can_code_losslessly", "compress_lossless", "compress_lossy",
+           "decode_symbols", "decompress_lossless", "example_bits"]
 
-CODING_ROWS = 16
-"""Rows per model evaluation in the coder (fixed, so that numbers never depend on batching)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,16 @@ class CodingReport:
     model_bits: float
     seconds: float
     initial_bits: int = 0
+    mse: float | None = None
+    peak: float = 1.0
+
+    @property
+    def psnr(self) -> float | None:
+        """10 log₁₀(MAX² / MSE) of a lossy code, MAX the data's top level (16 on the digits,
+        255 on 8-bit images)."""
+        if self.mse is None:
+            return None
+        return float("inf") if self.mse == 0 else 10 * math.log10(self.peak ** 2 / self.mse)
 
     @property
     def net_bits_per_dim(self) -> float:
@@ -95,30 +101,21 @@ class CodingReport:
                     f"{self.file_bits / dims:.4f}; the model's discretized -ELBO "
                     f"{self.model_bits_per_dim:.4f} bits/dim (net {100 * self.overhead:+.3f}%); "
                     f"{self.examples / max(self.seconds, 1e-9):.1f} examples/s on one thread")
+        if self.mse is not None:
+            return (f"{head}\n  rate {self.bits_per_dim:.4f} bits/pixel without the header, "
+                    f"{self.file_bits / dims:.4f} with it (the entropy model's cross-entropy "
+                    f"{self.model_bits_per_dim:.4f}); distortion MSE {self.mse:.3f}, PSNR "
+                    f"{self.psnr:.2f} dB (MAX = {self.peak:g}); "
+                    f"{self.examples / max(self.seconds, 1e-9):.1f} examples/s on one thread")
         return (f"{head}\n  rate {self.bits_per_dim:.4f} bits/dim without the header, "
                 f"{self.file_bits / dims:.4f} with it; the model's exact NLL "
                 f"{self.model_bits_per_dim:.4f} bits/dim (payload {100 * self.overhead:+.3f}%); "
                 f"{self.examples / max(self.seconds, 1e-9):.1f} examples/s on one thread")
 
 
-@contextlib.contextmanager
-def coding_precision(model: GenerativeModel) -> Iterator[GenerativeModel]:
-    """A float64 CPU copy of the model in eval mode, evaluated on one thread."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    twin = copy.deepcopy(model).to("cpu", torch.float64).eval()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    try:
-        with torch.no_grad():
-            yield twin
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_default_dtype(dtype)
-
-
 def can_code_losslessly(model: GenerativeModel) -> bool:
-    """Whether ``dgm compress --lossless`` can code with this model."""
-    if model.spec.kind is DataKind.CONTINUOUS:
+    """Whether ``dgm compress`` can code x exactly with this model's conditionals."""
+    if model.spec.kind is DataKind.CONTINUOUS or isinstance(model, LossyCodec):
         return False
     return isinstance(model, (SequentialCoding, Marginalizable))
 
@@ -135,18 +132,27 @@ def _cursor(model: GenerativeModel, alphabet: Tensor) -> CodingCursor:
                      "circuit or integer flow (a VAE codes by bits-back)")
 
 
-def _check_model(model: GenerativeModel) -> None:
+def _check_model(model: GenerativeModel, kind: Kind) -> None:
+    if kind is Kind.LOSSY:
+        if not isinstance(model, LossyCodec):
+            raise CodecError(f"{type(model).__name__} is not a lossy codec")
+        return
     if not can_code_losslessly(model):
         _cursor(model, torch.arange(2))  # raises with the reason
         raise CodecError(f"{type(model).__name__} models continuous data; lossless coding "
                          "needs a discrete likelihood")
 
 
+def _mapped(model: GenerativeModel) -> bool:
+    """Whether the coded symbols are a transform of x (an integer flow's latent, a codec's
+    code) rather than x itself."""
+    return isinstance(model, (LossyCodec, IntegerLatent))
+
+
 def _symbols(model: GenerativeModel, x: Tensor) -> Tensor:
-    flat = x.reshape(x.shape[0], -1).long()
-    if isinstance(model, IntegerLatent):
-        return model.coding_symbols(x).long()
-    return flat
+    if _mapped(model):
+        return blockwise(model.coding_symbols, x).long()  # type: ignore[attr-defined]
+    return x.reshape(x.shape[0], -1).long()
 
 
 def _blocks(n: int) -> Iterator[tuple[int, int]]:
@@ -163,10 +169,25 @@ def _padded(block: Tensor) -> Tensor:
 
 def _alphabet(twin: GenerativeModel, symbols: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """The symbol values coded, and what the header must carry to know them."""
-    if isinstance(twin, IntegerLatent):
+    fixed = twin.coding_alphabet() if isinstance(twin, LossyCodec) else None
+    if fixed is not None:
+        return fixed, ()
+    if _mapped(twin):  # at least two symbols: the coder needs a choice to code
         low, high = int(symbols.min()), int(symbols.max())
+        high = max(high, low + 1)
         return torch.arange(low, high + 1), (low, high)
     return torch.arange(int(twin.spec.num_levels or 2)), ()
+
+
+def _alphabet_of_file(twin: GenerativeModel, box: Container) -> Tensor:
+    fixed = twin.coding_alphabet() if isinstance(twin, LossyCodec) else None
+    if fixed is not None:
+        return fixed
+    if _mapped(twin):
+        if len(box.extra) != 2:
+            raise CodecError("the file lacks its window of symbols")
+        return torch.arange(box.extra[0], box.extra[1] + 1)
+    return torch.arange(int(twin.spec.num_levels or 2))
 
 
 def _steps(twin: GenerativeModel, symbols: Tensor,
@@ -189,7 +210,7 @@ def example_bits(model: GenerativeModel, x: Tensor) -> tuple[Tensor, Tensor]:
     """Per example (N,), float64: Σ -log₂ p of the model's own conditionals as the coder
     computes them, and the same under the quantized tables it codes with (an example's ideal
     code length, before the coder's word granularity)."""
-    _check_model(model)
+    _check_model(model, Kind.LOSSY if isinstance(model, LossyCodec) else Kind.LOSSLESS)
     model.check_input(x)
     n = x.shape[0]
     own, coded = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
@@ -206,12 +227,11 @@ def example_bits(model: GenerativeModel, x: Tensor) -> tuple[Tensor, Tensor]:
     return own, coded
 
 
-def compress_lossless(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
-    """Code x (N, *event) with the model's exact conditionals; returns the file's bytes and
-    what it measured."""
-    _check_model(model)
+def _compress(model: GenerativeModel, x: Tensor, kind: Kind) -> tuple[bytes, CodingReport]:
+    _check_model(model, kind)
     model.check_input(x)
     began = time.perf_counter()
+    mse = None
     with coding_precision(model) as twin:
         symbols = _symbols(twin, x.cpu())
         alphabet, extra = _alphabet(twin, symbols)
@@ -219,39 +239,50 @@ def compress_lossless(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingR
         for _, table, index in _steps(twin, symbols, alphabet):
             model_bits -= float(table.gather(1, index.unsqueeze(1)).sum()) / math.log(2)
             writer.write(index.numpy(), quantize_pmf(table))
-        if isinstance(twin, IntegerLatent):
-            back = twin.coding_inverse(symbols)
-            if not torch.equal(back.reshape(x.shape).long(), x.cpu().long()):
+        if _mapped(twin):
+            back = blockwise(twin.coding_inverse, symbols).reshape(x.shape)  # type: ignore
+            if kind is Kind.LOSSY:
+                mse = float((back.double() - x.cpu().double()).pow(2).mean())
+            elif not torch.equal(back.long(), x.cpu().long()):
                 raise CodecError("the integer flow does not invert on these data (its latent "
                                  "does not map back to x); nothing was written")
     words = writer.words()
-    box = Container(Kind.LOSSLESS, fingerprint(model), tuple(x.shape), extra, words.tobytes(),
+    box = Container(kind, fingerprint(model), tuple(x.shape), extra, words.tobytes(),
                     dtype_name(x.dtype))
     data = box.to_bytes()
     report = CodingReport(x.shape[0], x[0].numel(), 32 * words.size, 8 * box.header_bytes,
-                          model_bits, time.perf_counter() - began)
+                          model_bits, time.perf_counter() - began, mse=mse,
+                          peak=float((model.spec.num_levels or 2) - 1))
     return data, report
 
 
-def decompress_lossless(model: GenerativeModel, data: bytes | Container) -> Tensor:
-    """The exact data back from a file written by :func:`compress_lossless` with this model."""
+def compress_lossless(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
+    """Code x (N, *event) exactly with the model's conditionals; returns the file's bytes and
+    what it measured."""
+    return _compress(model, x, Kind.LOSSLESS)
+
+
+def compress_lossy(model: GenerativeModel, x: Tensor) -> tuple[bytes, CodingReport]:
+    """Code x (N, *event) with a neural codec: its symbols under its entropy model; the report
+    has the rate of the real file and the distortion of what it decodes to."""
+    return _compress(model, x, Kind.LOSSY)
+
+
+def decode_symbols(model: GenerativeModel, data: bytes | Container) -> Tensor:
+    """The symbols a file of :func:`compress_lossless` or :func:`compress_lossy` holds, (N, S):
+    the data's levels, an integer flow's latent or a codec's quantized code."""
     box = data if isinstance(data, Container) else Container.from_bytes(data)
-    if box.kind is not Kind.LOSSLESS:
-        raise CodecError(f"this file holds a {box.kind.name.lower()} code, not a lossless one")
+    if box.kind not in (Kind.LOSSLESS, Kind.LOSSY):
+        raise CodecError(f"this file holds a {box.kind.name.lower()} code")
     box.check_model(model)
-    _check_model(model)
+    _check_model(model, box.kind)
     n, *event = box.shape
     if tuple(event) != tuple(model.spec.event_shape):
         raise CodecError(f"the file holds examples of shape {tuple(event)}, the model "
                          f"{tuple(model.spec.event_shape)}")
     reader = RangeReader(np.frombuffer(box.payload, dtype="<u4"))
     with coding_precision(model) as twin:
-        if isinstance(twin, IntegerLatent):
-            if len(box.extra) != 2:
-                raise CodecError("the file lacks its latent window")
-            alphabet = torch.arange(box.extra[0], box.extra[1] + 1)
-        else:
-            alphabet = torch.arange(int(twin.spec.num_levels or 2))
+        alphabet = _alphabet_of_file(twin, box)
         decoded = []
         for start, stop in _blocks(n):
             rows = stop - start
@@ -265,9 +296,16 @@ def decompress_lossless(model: GenerativeModel, data: bytes | Container) -> Tens
                 block[:rows, positions] = (index + alphabet[0]).view(rows, len(positions))
                 cursor.advance(block[:, positions])
             decoded.append(block[:rows])
-        symbols = torch.cat(decoded) if decoded else torch.zeros(0, 1, dtype=torch.long)
-        if isinstance(twin, IntegerLatent):
-            x = twin.coding_inverse(symbols)
-        else:
-            x = symbols
+    return torch.cat(decoded) if decoded else torch.zeros(0, 1, dtype=torch.long)
+
+
+def decompress_lossless(model: GenerativeModel, data: bytes | Container) -> Tensor:
+    """The data back from a file of :func:`compress_lossless` (exactly) or
+    :func:`compress_lossy` (the codec's reconstruction), decoded with the model that wrote
+    it."""
+    box = data if isinstance(data, Container) else Container.from_bytes(data)
+    symbols = decode_symbols(model, box)
+    n, *event = box.shape
+    with coding_precision(model) as twin:
+        x = blockwise(twin.coding_inverse, symbols) if _mapped(twin) else symbols  # type: ignore
     return x.reshape(n, *event).to(getattr(torch, box.dtype))

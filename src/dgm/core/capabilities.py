@@ -33,6 +33,7 @@ __all__ = [
     "SequentialCoding",
     "IntegerLatent",
     "BitsBackCoding",
+    "LossyCodec",
 ]
 
 
@@ -311,4 +312,26 @@ class BitsBackCoding(Protocol):
 
     def coding_likelihood(self, z: Tensor) -> Tensor:
         """log p(x_d = l | z) for every coordinate and level: z (N, M) -> (N, D, L)."""
+        ...
+
+
+@runtime_checkable
+class LossyCodec(Protocol):
+    """A neural codec (Book ch. 10): x -> integer symbols -> a reconstruction, the symbols
+    coded under its entropy model: ``dgm compress`` writes them, ``dgm decompress`` gives the
+    reconstruction."""
+
+    def coding_symbols(self, x: Tensor) -> Tensor:
+        """x (N, *event) -> the integers to code, (N, S)."""
+        ...
+
+    def coding_inverse(self, symbols: Tensor) -> Tensor:
+        """Symbols -> the reconstruction, (N, *event), in the data's levels."""
+        ...
+
+    def coding_alphabet(self) -> Tensor | None:
+        """A fixed alphabet (codeword indices), or None: the file's window of integers."""
+        ...
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> CodingCursor:
         ...

@@ -15,15 +15,56 @@ the same calls on the same numbers as the encoder.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import copy
+from typing import Callable, Iterator, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dgm.core.errors import CodecError
 from dgm.core.heads import LikelihoodHead
 
-__all__ = ["AutoregressiveCursor", "MixtureCursor", "MarginalCursor", "check_levels_alphabet"]
+__all__ = ["CODING_ROWS", "coding_precision", "blockwise", "AutoregressiveCursor", "MixtureCursor",
+           "MarginalCursor", "check_levels_alphabet"]
+
+
+CODING_ROWS = 16
+"""Rows per model evaluation when coding (fixed, so that numbers never depend on batching)."""
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@contextlib.contextmanager
+def coding_precision(model: M) -> Iterator[M]:
+    """A float64 CPU copy of the model in eval mode, evaluated on one thread without
+    gradients: how a coder (and a codec's ``reconstruct``) evaluates a model, so that an
+    encoder and a decoder compute the same numbers. At a fixed shape a row's result does not
+    depend on the other rows; see :func:`blockwise`."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    twin = copy.deepcopy(model).to("cpu", torch.float64).eval()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            yield twin
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+
+
+def blockwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """fn over x in blocks of exactly :data:`CODING_ROWS` rows (the last padded with zeros),
+    so that every row is computed at the same shape whatever the number of rows."""
+    outs = []
+    for start in range(0, x.shape[0], CODING_ROWS):
+        block = x[start:start + CODING_ROWS]
+        rows = block.shape[0]
+        if rows < CODING_ROWS:
+            pad = torch.zeros(CODING_ROWS - rows, *block.shape[1:], dtype=block.dtype)
+            block = torch.cat([block, pad])
+        outs.append(fn(block)[:rows])
+    return torch.cat(outs) if outs else fn(x)
 
 
 def check_levels_alphabet(alphabet: Tensor, levels: int) -> None:

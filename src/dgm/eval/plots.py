@@ -64,12 +64,14 @@ def _fig_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def curves_png(metrics: list[dict[str, Any]], title: str = "") -> bytes:
-    """Training loss and validation score per epoch, as a PNG."""
-    return _fig_png(curves_figure(metrics, title))
+def curves_png(metrics: list[dict[str, Any]], title: str = "",
+               unit: str = "nats per example") -> bytes:
+    """Training loss and validation score per epoch, as a PNG; ``unit`` of the loss."""
+    return _fig_png(curves_figure(metrics, title, unit))
 
 
-def curves_figure(metrics: list[dict[str, Any]], title: str = "") -> Any:
+def curves_figure(metrics: list[dict[str, Any]], title: str = "",
+                  unit: str = "nats per example") -> Any:
     """The matplotlib figure of :func:`curves_png`: every epoch a marker, so that a run of one
     epoch shows its point, and the y range always holds the last and the best values."""
     import matplotlib
@@ -85,7 +87,7 @@ def curves_figure(metrics: list[dict[str, Any]], title: str = "") -> Any:
         ep = [m["epoch"] for m in rows]
         # Markers, so that a run of one epoch (one point per line) still shows.
         style = {"marker": "o", "markersize": 3 if len(rows) > 30 else 5}
-        ax.plot(ep, [m["train_loss"] for m in rows], label="train loss (nats/example)", **style)
+        ax.plot(ep, [m["train_loss"] for m in rows], label=f"train loss ({unit})", **style)
         ax.plot(ep, [m["val"] for m in rows], label=f"validation ({rows[0]['val_method']})",
                 **style)
         if len(rows) == 1:
@@ -105,7 +107,7 @@ def curves_figure(metrics: list[dict[str, Any]], title: str = "") -> Any:
         if hi > lo:
             ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per example")
+    ax.set_ylabel(unit)
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

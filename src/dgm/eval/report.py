@@ -13,7 +13,7 @@ import yaml
 
 from dgm.core.base import ImportanceWeighted, LatentVariable, Likelihood
 from dgm.core.capabilities import Classifies, Marginalizable, MarkovChains
-from dgm.core.capabilities import Reconstructs
+from dgm.core.capabilities import LossyCodec, Reconstructs
 from dgm.data.dataset import Dataset
 from dgm.core.spec import DataKind
 from dgm.eval.latent import interpolate, summarize_latents
@@ -246,12 +246,23 @@ def write_report(
             "The error of argmax p(y | x); the expected calibration error of its confidence; "
             "how well log p(x) and the max softmax tell the test set from uniform noise and "
             "from the test images upside down (AUROC: 1 separates them, 0.5 is chance).</p>")
+    if isinstance(model, LossyCodec):
+        from dgm.eval.compression import evaluate_codec
+
+        rd = evaluate_codec(model, dataset.test)
+        parts.append(
+            "<h2>Compression</h2><p>" + html.escape(rd.line()) + "</p><p class=note>The test "
+            "split coded into one file by the entropy coder and decoded again: the rate is "
+            "that file's bitstream, the distortion that of what it decodes to (the "
+            "reconstructions below).</p>")
     parts.append("<h2>Sample quality</h2>" + _quality_html(quality, dataset))
     monitor = info.get("val_label") or info.get("val_method", "?")
     parts.append(
         "<h2>Training</h2>"
         f"<p>Early stopping and the best weights followed: {html.escape(str(monitor))}.</p>"
-        + _img(curves_png(run.metrics(), title), "curves")
+        + _img(curves_png(run.metrics(), title,
+                          "MSE + λ · bits per pixel" if isinstance(model, LossyCodec)
+                          else "nats per example"), "curves")
     )
     tokenizer = run.tokenizer()
     samples = model.sample(8 if tokenizer is not None else n_samples, generator=gen)

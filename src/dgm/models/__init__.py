@@ -9,12 +9,14 @@
 - :mod:`~dgm.models.hybrid`: hybrid models, p(y | x) and p(x) from one model (ch. 6).
 - :mod:`~dgm.models.diffusion`: diffusion models, score models, continuous normalizing flows
   and flow matching (§5.5.3, ch. 9).
+- :mod:`~dgm.models.compression`: neural lossy codecs (ch. 10).
 """
 
 from dgm.models import (  # noqa: F401
     adversarial,
     autoregressive,
     circuits,
+    compression,
     diffusion,
     energy,
     flows,
@@ -23,5 +25,5 @@ from dgm.models import (  # noqa: F401
     mixtures,
 )
 
-__all__ = ["adversarial", "autoregressive", "circuits", "diffusion", "energy", "flows", "hybrid",
-           "latent", "mixtures"]
+__all__ = ["adversarial", "autoregressive", "circuits", "compression", "diffusion", "energy",
+           "flows", "hybrid", "latent", "mixtures"]
