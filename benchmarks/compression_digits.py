@@ -218,7 +218,8 @@ def codec_row(setting: str, weight: float, seed: int, data) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", nargs="+", default=["lossless"], choices=["lossless", "lossy"])
-    ap.add_argument("--models", nargs="+", help="only these rows")
+    ap.add_argument("--models", nargs="+", help="only these rows (classical and pca name the "
+                    "classical coders)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lambdas", type=float, nargs="+", help="λ of the lossy rows")
     args = ap.parse_args()
@@ -227,14 +228,14 @@ def main() -> None:
     data = load("digits")
     rows: list[dict[str, Any]] = []
     if "lossless" in args.parts:
-        if not args.models:
+        if not args.models or "classical" in args.models:
             rows.extend(classical_rows(data.split("test").x.numpy()))
         for name in EXACT:
             if args.models and name not in args.models:
                 continue
             rows.append(model_row(name, args.seed, data))
     if "lossy" in args.parts:
-        if not args.models:
+        if not args.models or "pca" in args.models:
             rows.extend(pca_rows(data))
         for setting in CODECS:
             if args.models and setting not in args.models:

@@ -10,7 +10,7 @@ import torch
 
 from dgm.coding import compress, decompress
 from dgm.coding.container import Container, Kind
-from dgm.coding.lossless import example_bits
+from dgm.coding.sequential import example_bits
 from dgm.core.errors import CodecError, ConfigError
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
@@ -127,7 +127,7 @@ def test_a_file_decodes_to_the_models_own_reconstruction_bit_for_bit(options):
 
 @pytest.mark.parametrize("options", [SETTINGS[2], SETTINGS[5]], ids=str)
 def test_the_decoded_symbols_are_the_quantizers(options):
-    from dgm.coding.lossless import decode_symbols
+    from dgm.coding.sequential import decode_symbols
 
     codec = _codec(options).eval()
     x = _digits(19)
@@ -138,30 +138,29 @@ def test_the_decoded_symbols_are_the_quantizers(options):
     assert torch.equal(decoded[:, -symbols.shape[1]:], symbols)  # a hyperprior's ẑ comes first
 
 
+def _fitted(options: dict, x: torch.Tensor, steps: int):
+    """A codec after ``steps`` full-batch Adam steps on x, in eval mode."""
+    codec = _codec(options)
+    opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        codec.loss(x).mean().backward()
+        opt.step()
+    return codec.eval()
+
+
 def test_larger_lambda_never_raises_the_rate_on_a_toy_run():
     x = _digits(64, seed=4)
-    rates = []
-    for weight in (0.0, 1.0, 30.0):
-        codec = _codec({"quantizer": "noise", "entropy": "factorized", "rate_weight": weight})
-        opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
-        for _ in range(150):
-            opt.zero_grad()
-            codec.loss(x).mean().backward()
-            opt.step()
-        codec.eval()
-        rates.append(compress(codec, x)[1].bits_per_dim)
+    rates = [compress(_fitted({"quantizer": "noise", "entropy": "factorized",
+                                "rate_weight": weight}, x, 150), x)[1].bits_per_dim
+             for weight in (0.0, 1.0, 30.0)]
     assert rates[0] >= rates[1] >= rates[2] and rates[0] > rates[2] + 0.05
 
 
 def test_training_lowers_distortion_below_predicting_the_mean():
     x = _digits(128, seed=5)
-    codec = _codec({"quantizer": "codebook", "entropy": "categorical", "rate_weight": 0.1})
-    opt = torch.optim.Adam(codec.parameters(), lr=3e-3)
-    for _ in range(200):
-        opt.zero_grad()
-        codec.loss(x).mean().backward()
-        opt.step()
-    codec.eval()
+    codec = _fitted({"quantizer": "codebook", "entropy": "categorical", "rate_weight": 0.1},
+                    x, 200)
     mse = float((codec.reconstruct(x) - x).double().pow(2).mean())
     assert mse < float((x.double() - x.double().mean(0)).pow(2).mean())
 
@@ -184,6 +183,8 @@ def test_a_codec_file_is_refused_by_another_codec():
     ({"quantizer": "codebook", "entropy": "hyperprior"}, "entropy models"),
     ({"quantizer": "noise", "entropy": "autoregressive"}, "entropy models"),
     ({"transform": "conv", "code_dim": 3}, None),
+    ({"latent_scale": 0.0}, "latent_scale"),
+    ({"dropout": 1.0}, "dropout"),
 ])
 def test_configs_that_do_not_fit_are_refused(bad, message):
     if message is None:  # 6x6 images cannot be halved twice

@@ -13,7 +13,7 @@ from dgm.cli import main
 from dgm.coding import compress, decompress
 from dgm.coding.container import Container, Kind, fingerprint
 from dgm.coding.entropy import PRECISION, AnsStack, RangeReader, RangeWriter, quantize_pmf
-from dgm.coding.lossless import compress_lossless, decompress_lossless, example_bits
+from dgm.coding.sequential import compress_lossless, decompress_lossless, example_bits
 from dgm.core.errors import CodecError
 from dgm.core.registry import build_model
 from dgm.core.spec import DataKind, DataSpec
@@ -335,3 +335,21 @@ def test_a_damaged_bits_back_stack_is_detected():
     damaged = Container(box.kind, box.model_id, box.shape, box.extra, bytes(bad), box.dtype)
     with pytest.raises(CodecError):
         decompress(model, damaged.to_bytes())
+
+
+def test_a_vae_compresses_by_bits_back_on_the_command_line(tmp_path, capsys):
+    from dgm.data.dataset import load
+
+    run = tmp_path / "vae"
+    assert main(["train", "vae", "--data", "digits", "--epochs", "2", "--out", str(run),
+                 "--set", "train.progress=false", "--set", "model.latent_dim=4"]) == 0
+    x = load("digits").split("test").x[:12].numpy()
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    assert main(["compress", str(run), str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "x.dgmc")]) == 0
+    out = capsys.readouterr().out
+    assert "bits-back" in out and "initial words" in out and "-ELBO" in out
+    assert main(["decompress", str(run), str(tmp_path / "x.dgmc"), "-o",
+                 str(tmp_path / "y.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "y.npy"), x)

@@ -2,9 +2,9 @@
 
 - :func:`compress` / :func:`decompress`: one entry for every kind of code; the file's header
   says which it holds.
-- :mod:`dgm.coding.lossless`: any model with exact conditionals drives a range coder.
+- :mod:`dgm.coding.sequential`: a model's conditionals drive a range coder (every exact model,
+  and the lossy codecs' codes).
 - :mod:`dgm.coding.bits_back`: BB-ANS for VAEs.
-- lossy codecs (:mod:`dgm.models.compression`) code their symbols through the same path.
 - :mod:`dgm.coding.entropy`: the coders (constriction) on integer frequency tables.
 - :mod:`dgm.coding.container`: the file format.
 """
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dgm.coding.bits_back import can_code_bits_back, compress_bits_back, decompress_bits_back
 from dgm.coding.container import Container, Kind
-from dgm.coding.lossless import (CodingReport, can_code_losslessly, compress_lossless,
+from dgm.coding.sequential import (CodingReport, can_code_losslessly, compress_lossless,
                                  compress_lossy, decompress_lossless)
 from dgm.core.base import GenerativeModel
 from dgm.core.capabilities import LossyCodec

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from dgm.coding.container import Container, Kind, dtype_name, fingerprint
 from dgm.coding.entropy import AnsStack, quantize_pmf
-from dgm.coding.lossless import CodingReport
+from dgm.coding.sequential import CodingReport
 from dgm.core.base import GenerativeModel
 from dgm.core.capabilities import BitsBackCoding
 from dgm.core.conditionals import MixtureCursor, coding_precision

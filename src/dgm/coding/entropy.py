@@ -8,7 +8,7 @@ Both sides must see the same probabilities to the last bit. :func:`quantize_pmf`
 log-probabilities into integer frequencies out of 2^24 (constriction's precision), every symbol
 at least 1, so that any symbol can be coded (it then costs at most 24 bits); the coders are
 fed those frequencies as exactly representable fractions. The probabilities themselves are
-made bit-identical by :mod:`dgm.coding.lossless` (fixed evaluation shapes).
+made bit-identical by :mod:`dgm.coding.sequential` (fixed evaluation shapes).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.base import GenerativeModel, Likelihood
+from dgm.core.capabilities import CodingCursor
 from dgm.core.conditionals import blockwise, coding_precision
 from dgm.core.errors import CodecError, ConfigError
 from dgm.core.registry import register_model
@@ -68,6 +69,12 @@ class CodecConfig:
             ``"hyperprior"`` (a Gaussian conditional with a scale hyperprior).
         hyper_dim: the hyper-latent's length (hyperprior).
         rate_weight: λ, the weight of bits per pixel beside the MSE per pixel.
+        latent_scale: y = s f_e(x) and the decoder reads ŷ / s: with rounding, s sets how
+            fine the quantization starts (a network's initial outputs are O(1), which unit
+            steps would wipe out).
+        dropout: after every hidden layer of the MLP transforms. (The digits' 1000 training
+            images are partly memorized: train MSE 0.8 against 2.3 on the test split at 0.89
+            bits per pixel; dropout 0.2 made the test MSE worse, 3.8.)
     """
 
     transform: Literal["mlp", "conv"] = "mlp"
@@ -80,6 +87,8 @@ class CodecConfig:
                      "hyperprior"] = "autoregressive"
     hyper_dim: int = 8
     rate_weight: float = 1.0
+    latent_scale: float = 1.0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.transform not in ("mlp", "conv"):
@@ -93,8 +102,10 @@ class CodecConfig:
                               f"{', '.join(allowed)}, not {self.entropy!r}")
         if min(self.hidden, self.code_dim, self.hyper_dim) < 1 or self.codebook_size < 2:
             raise ConfigError("hidden, code_dim and hyper_dim must be >= 1, codebook_size >= 2")
-        if self.rate_weight < 0 or self.temperature <= 0:
-            raise ConfigError("rate_weight must be >= 0 and temperature > 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rate_weight < 0 or self.temperature <= 0 or self.latent_scale <= 0:
+            raise ConfigError("rate_weight must be >= 0, temperature and latent_scale > 0")
 
 
 class GDN(nn.Module):
@@ -115,16 +126,19 @@ class GDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
 
-def _book_mlp(d_in: int, m: int, d_out: int, reverse: bool) -> nn.Sequential:
-    """Listing 10.2's widths D -> 2M -> M -> M/2 -> C (or back), LeakyReLU between (no
-    batch norm: a codec must code one image the same as a batch)."""
+def _book_mlp(d_in: int, m: int, d_out: int, reverse: bool, dropout: float) -> nn.Sequential:
+    """Listing 10.2's widths D -> 2M -> M -> M/2 -> C (or back), LeakyReLU (and dropout)
+    between (no batch norm: a codec must code one image the same as a batch)."""
     widths = [d_in, 2 * m, m, max(1, m // 2), d_out]
     if reverse:
         widths = [d_in, max(1, m // 2), m, 2 * m, d_out]
     layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in zip(widths[:-2], widths[1:-1]):
         layers += [nn.Linear(a, b), nn.LeakyReLU()]
-    return nn.Sequential(*layers[:-1])
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    return nn.Sequential(*layers)
 
 
 @register_model("codec", CodecConfig)
@@ -152,8 +166,8 @@ class Codec(GenerativeModel):
         self.top = float((spec.num_levels or 2) - 1)
         c = config.code_dim
         if config.transform == "mlp":
-            self.encoder: nn.Module = _book_mlp(spec.dim, config.hidden, c, reverse=False)
-            self.decoder: nn.Module = _book_mlp(c, config.hidden, spec.dim, reverse=True)
+            self.encoder: nn.Module = _book_mlp(spec.dim, config.hidden, c, False, config.dropout)
+            self.decoder: nn.Module = _book_mlp(c, config.hidden, spec.dim, True, config.dropout)
             self.latent_shape: tuple[int, ...] = (c,)
             channels = torch.arange(c)
         else:
@@ -190,15 +204,17 @@ class Codec(GenerativeModel):
     # -- the transforms ---------------------------------------------------------------------------
 
     def analysis(self, x: Tensor) -> Tensor:
-        """y = f_e(x / (L-1)), flattened (N, S)."""
+        """y = s f_e(x / (L-1)), flattened (N, S)."""
         u = x.to(torch.get_default_dtype()) / self.top
         if self.config.transform == "mlp":
-            return self.encoder(u.reshape(x.shape[0], -1))
-        return self.encoder(u.reshape(x.shape[0], *self.spec.event_shape)).flatten(1)
+            y = self.encoder(u.reshape(x.shape[0], -1))
+        else:
+            y = self.encoder(u.reshape(x.shape[0], *self.spec.event_shape)).flatten(1)
+        return y * self.config.latent_scale
 
     def synthesis(self, values: Tensor) -> Tensor:
-        """x̂ = (L-1) f_d(ŷ) in the data's units (unrounded), (N, *event)."""
-        h = values.reshape(values.shape[0], *self.latent_shape)
+        """x̂ = (L-1) f_d(ŷ / s) in the data's units (unrounded), (N, *event)."""
+        h = values.reshape(values.shape[0], *self.latent_shape) / self.config.latent_scale
         out = self.decoder(h)
         return (out * self.top).reshape(values.shape[0], *self.spec.event_shape)
 
@@ -240,7 +256,9 @@ class Codec(GenerativeModel):
             return torch.arange(self.config.codebook_size)
         return None
 
-    def coding_cursor(self, rows: int, alphabet: Tensor) -> object:
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> CodingCursor:
+        """The entropy model's conditionals over the code (one step, or the ARM's positions,
+        or the hyper-latent then the latent)."""
         return self.entropy.coding_cursor(rows, alphabet)
 
     @torch.no_grad()
@@ -259,8 +277,7 @@ class Codec(GenerativeModel):
         """Codes drawn from the entropy model, decoded (the book's Fig. 10.5c)."""
         if y is not None:
             raise ConfigError("the codec is unconditional: sample() takes no labels")
-        if not isinstance(self.entropy, AutoregressiveEntropy | CategoricalEntropy |
-                          UniformEntropy):
+        if not isinstance(self.entropy, UniformEntropy):  # the codebook entropy models
             raise CodecError("sampling needs a codebook entropy model (integer latents have "
                              "unbounded support)")
         quantizer = self.entropy.quantizer

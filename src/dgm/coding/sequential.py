@@ -1,18 +1,20 @@
-r"""Lossless coding from any model with exact conditionals: one path for ARMs, PixelCNN, the
-transformer (with its cache), mixtures, circuits and integer discrete flows.
+r"""Coding with a model's conditionals, step by step: one path for the lossless coding of every
+exact model (ARMs, PixelCNN, the transformer with its cache, mixtures, circuits, integer
+discrete flows) and for the lossy codecs' quantized codes.
 
 The model's chain rule p(s) = Π_t p(s_{G_t} | s_{G_<t}) over steps G_t of symbols drives a
-range coder (Book §10.2, §10.4.3; adaptive arithmetic coding), so an example costs about its
-exact NLL, -log₂ p(x) bits (plus < 2^-24 relative loss from the integer frequencies and the
-coder's last words). Symbols are the data's levels, or an IDF's integer latent z = f(x),
-coded over the window [min z, max z] of the file (stored in its header; the base's pmf
-renormalized there, which can only shorten the code).
+range coder (Book §10.2, §10.4.3; adaptive arithmetic coding), so a file costs about
+-log₂ p(symbols) bits (plus < 2^-24 relative loss from the integer frequencies and the coder's
+last words). Symbols are the data's levels, an IDF's integer latent z = f(x), or a codec's
+code; integers with no fixed alphabet are coded over the window [min, max] of the file (stored
+in its header; the pmf renormalized there, which can only shorten the code).
 
 Bit-identical probabilities on both sides, whatever the batch size and thread count: the
 coder evaluates the model on the CPU, in float64 on one thread, on blocks of exactly
-:data:`CODING_ROWS` rows (the last one padded with zeros), and the encoder makes exactly the
-decoder's calls: a row's numbers depend on the row alone (at a fixed shape a matrix product
-does not depend on the other rows), never on how many images a call codes.
+:data:`~dgm.core.conditionals.CODING_ROWS` rows (the last one padded with zeros), and the
+encoder makes exactly the decoder's calls: a row's numbers depend on the row alone (at a fixed
+shape a matrix product does not depend on the other rows), never on how many images a call
+codes.
 """
 
 from __future__ import annotations
