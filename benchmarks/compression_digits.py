@@ -13,8 +13,8 @@
             rates of the real files (header apart), MSE per pixel on the 0..16 scale of the
             decoded images, PSNR with MAX = 16; PCA transform coding (uniform scalar steps, a
             categorical per component fitted on the training split, real range coding) as the
-            classical baseline; the book's compressor (soft quantizer at τ = 10⁷, whose encoder
-            gets no gradient) beside them.
+            classical baseline; our codec at the book's temperature τ = 10⁷ (its encoder gets
+            no gradient) beside them.
 
 Models are trained through the real trainer (one thread, early stopping, best weights) into
 benchmarks/results/tmp/compression_runs (git-ignored). Results:
@@ -98,10 +98,17 @@ def classical_rows(x: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def model_row(name: str, seed: int, data) -> dict[str, Any]:
+def _trained(run_dir: Path, preset: str, overrides: list[str], reuse: bool) -> str | None:
+    """Train the preset into run_dir (or keep a finished run there with ``--reuse``)."""
+    if reuse and (run_dir / "run.json").is_file():
+        return None
+    return train_preset(run_dir, preset, overrides)
+
+
+def model_row(name: str, seed: int, data, reuse: bool = False) -> dict[str, Any]:
     preset, extra, what = EXACT[name]
     run_dir = RUNS / f"{name}-{seed}"
-    error = train_preset(run_dir, preset, [f"train.seed={seed}", *extra])
+    error = _trained(run_dir, preset, [f"train.seed={seed}", *extra], reuse)
     row: dict[str, Any] = {"part": "lossless", "model": name, "what": what, "seed": seed,
                            "preset": preset, "overrides": list(extra), "error": error}
     if error is not None:
@@ -134,24 +141,25 @@ def model_row(name: str, seed: int, data) -> dict[str, Any]:
 
 
 # setting -> (overrides, what); each trained at every λ of LAMBDAS
+ROUNDING = ("model.quantizer=noise", "model.latent_scale=8", "model.code_dim=32")
 CODECS = {
     "book": (("model.temperature=1e7",),
-             "the book's compressor: codebook K = 8, soft quantizer at τ = 10⁷ (no gradient to "
-             "the encoder), ARM entropy model"),
-    "codebook_arm": ((), "codebook K = 8, straight-through (τ = 1), the book's ARM entropy "
-                     "model (configs/codec_digits.yaml)"),
-    "codebook_16": (("model.codebook_size=16",), "codebook K = 16, straight-through, ARM "
-                    "entropy model"),
-    "factorized": (("model.quantizer=noise", "model.entropy=factorized"),
-                   "rounding (uniform noise in training), a learned CDF per code coordinate"),
-    "hyperprior": (("model.quantizer=noise", "model.entropy=hyperprior"),
-                   "rounding (noise in training), Gaussian conditional with a scale hyperprior"),
-    "conv_hyperprior": (("model.transform=conv", "model.hidden=64", "model.code_dim=8",
-                         "model.quantizer=noise", "model.entropy=hyperprior",
-                         "model.hyper_dim=8"),
-                        "GDN convolutions to 8 x 2 x 2, rounding, scale hyperprior"),
+             "our codec at the book's temperature τ = 10⁷: MLP, codebook K = 8, ARM entropy "
+             "model; no gradient reaches the encoder"),
+    "codebook_arm": ((), "MLP, codebook K = 8, straight-through (τ = 1), the book's ARM "
+                     "entropy model (configs/codec_digits.yaml)"),
+    "factorized": ((*ROUNDING, "model.entropy=factorized"),
+                   "MLP to 32 latents, rounding (uniform noise in training), a learned CDF per "
+                   "latent"),
+    "hyperprior": ((*ROUNDING, "model.entropy=hyperprior"),
+                   "MLP to 32 latents, rounding (noise in training), Gaussian conditional with "
+                   "a scale hyperprior of 8"),
+    "conv_factorized": (("model.transform=conv", "model.hidden=64", "model.code_dim=8",
+                         "model.quantizer=noise", "model.latent_scale=8",
+                         "model.entropy=factorized"),
+                        "GDN convolutions to 8 x 2 x 2 latents, rounding, learned CDFs"),
 }
-LAMBDAS = (0.3, 1.0, 3.0, 10.0)
+LAMBDAS = (1.0, 3.0, 10.0, 30.0)
 BOOK_LAMBDA = 2.77  # the book's β = 1 on nats per code position, in our bits per pixel
 
 
@@ -188,14 +196,15 @@ def pca_rows(data) -> list[dict[str, Any]]:
     return rows
 
 
-def codec_row(setting: str, weight: float, seed: int, data) -> dict[str, Any]:
+def codec_row(setting: str, weight: float, seed: int, data,
+              reuse: bool = False) -> dict[str, Any]:
     from dgm.eval.compression import evaluate_codec
 
     extra, what = CODECS[setting]
     name = f"{setting}_{weight:g}"
     run_dir = RUNS / f"codec-{name}-{seed}"
     overrides = [f"train.seed={seed}", f"model.rate_weight={weight}", *extra]
-    error = train_preset(run_dir, "codec_digits", overrides)
+    error = _trained(run_dir, "codec_digits", overrides, reuse)
     row: dict[str, Any] = {"part": "lossy", "model": name, "setting": setting, "what": what,
                            "rate_weight": weight, "seed": seed, "overrides": overrides,
                            "error": error}
@@ -215,34 +224,48 @@ def codec_row(setting: str, weight: float, seed: int, data) -> dict[str, Any]:
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["lossless"], choices=["lossless", "lossy"])
-    ap.add_argument("--models", nargs="+", help="only these rows (classical and pca name the "
-                    "classical coders)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lambdas", type=float, nargs="+", help="λ of the lossy rows")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    started = machine()
-    data = load("digits")
-    rows: list[dict[str, Any]] = []
-    if "lossless" in args.parts:
-        if not args.models or "classical" in args.models:
-            rows.extend(classical_rows(data.split("test").x.numpy()))
-        for name in EXACT:
-            if args.models and name not in args.models:
-                continue
-            rows.append(model_row(name, args.seed, data))
-    if "lossy" in args.parts:
-        if not args.models or "pca" in args.models:
-            rows.extend(pca_rows(data))
-        for setting in CODECS:
-            if args.models and setting not in args.models:
-                continue
-            weights = (BOOK_LAMBDA,) if setting == "book" else LAMBDAS
-            for weight in args.lambdas or weights:
-                rows.append(codec_row(setting, weight, args.seed, data))
+def plot_rd() -> Path:
+    """PSNR against bits per pixel: every codec setting's λ curve, PCA's lower envelope and its
+    points, the book's compressor, from compression.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in json.loads((RESULTS / "compression.json").read_text())["rows"]
+            if r["part"] == "lossy" and r.get("error") is None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pca = sorted((r for r in rows if r.get("setting") == "pca"), key=lambda r: r["bpp"])
+    envelope, best = [], float("inf")
+    for r in pca:
+        if r["mse"] < best:
+            best = r["mse"]
+            envelope.append(r)
+    ax.scatter([r["bpp"] for r in pca], [r["psnr"] for r in pca], s=6, color="0.75",
+               label="PCA transform coding (components, step)")
+    ax.plot([r["bpp"] for r in envelope], [r["psnr"] for r in envelope], color="black", lw=1.5,
+            label="PCA, lower envelope")
+    for setting in CODECS:
+        mine = sorted((r for r in rows if r.get("setting") == setting), key=lambda r: r["bpp"])
+        if not mine:
+            continue
+        style = {"marker": "*", "markersize": 12, "ls": "none"} if setting == "book" else {
+            "marker": "o"}
+        ax.plot([r["bpp"] for r in mine], [r["psnr"] for r in mine], label=setting, **style)
+    ax.set_xlim(0, 2.0)
+    ax.set_xlabel("bits per pixel (real file, header apart)")
+    ax.set_ylabel("PSNR of the decoded test digits, dB (MAX = 16)")
+    ax.set_title("Rate-distortion on the 447 test digits (λ sweeps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    out = RESULTS / "compression_rd.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def save(rows: list[dict[str, Any]], started: dict[str, Any]) -> None:
+    """Merge rows into compression.json (under a lock; a row replaces its namesake)."""
     key = ("part", "model")
     with locked_json("compression") as result:
         new = {tuple(r.get(k) for k in key) for r in rows}
@@ -255,6 +278,42 @@ def main() -> None:
             machines[part] = started
             if started["command"] not in commands.setdefault(part, []):
                 commands[part].append(started["command"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", nargs="+", default=["lossless"], choices=["lossless", "lossy"])
+    ap.add_argument("--models", nargs="+", help="only these rows (classical and pca name the "
+                    "classical coders)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lambdas", type=float, nargs="+", help="λ of the lossy rows")
+    ap.add_argument("--reuse", action="store_true", help="keep runs already trained")
+    ap.add_argument("--plot-only", action="store_true", help="redraw compression_rd.png")
+    args = ap.parse_args()
+    if args.plot_only:
+        print(f"wrote {plot_rd()}")
+        return
+    torch.set_num_threads(1)
+    started = machine()
+    data = load("digits")
+    chosen = set(args.models or [])
+    if "lossless" in args.parts:
+        if not chosen or "classical" in chosen:
+            save(classical_rows(data.split("test").x.numpy()), started)
+        for name in EXACT:
+            if not chosen or name in chosen:
+                save([model_row(name, args.seed, data, args.reuse)], started)
+    if "lossy" in args.parts:
+        if not chosen or "pca" in chosen:
+            save(pca_rows(data), started)
+        for setting in CODECS:
+            if chosen and setting not in chosen:
+                continue
+            weights = (BOOK_LAMBDA,) if setting == "book" else LAMBDAS
+            for weight in args.lambdas or weights:
+                save([codec_row(setting, weight, args.seed, data, args.reuse)], started)
+    if "lossy" in args.parts:
+        print(f"wrote {plot_rd()}")
     print(f"wrote {RESULTS / 'compression.json'}")
 
 

@@ -1194,7 +1194,17 @@ def _compression(data: dict) -> str:
         out += ["", "ANCHORS.md §8 on the same split: uniform code 4.087, gzip 3.114, bz2 / "
                 "LZMA 2.770 / 2.768, PNG mosaic 3.76, PNG per image 14.15, the independent "
                 "and mixture coders 2.4016 and 2.2550 bits/dim, an ARM's cross-entropy 1.794.",
-                ""]
+                "", "Every real file sits within 0.07% of its model's cross-entropy (the last "
+                "32-bit word and the 2^-24 floor on every symbol's frequency), and every model "
+                "decodes the split exactly. The gated PixelCNN codes the digits at 1.800 "
+                "bits/dim, 35% below LZMA; the circuit, the mixture and the independent model "
+                "code at their exact NLL; the integer flow's file is slightly shorter than its "
+                "NLL because its latent is coded over the file's own window. The VAE pays its "
+                "-ELBO (not its NLL), and alone an image costs its 49-byte header, the coder's "
+                "words and, for bits-back, the stack's initial words: per image a long file is "
+                "far cheaper. The convolutional ARMs re-run the network for every pixel on "
+                "both sides (about 12-28 images/s); the transformer reads its key/value cache "
+                "(about 210/s); the circuit computes 17 marginals per pixel (12/s).", ""]
     lossy = [r for r in rows if r["part"] == "lossy" and r.get("error") is None]
     if lossy:
         out += ["### Lossy, the test digits: rate and distortion of real files", "",
@@ -1223,7 +1233,16 @@ def _compression(data: dict) -> str:
                        f"| {r['cpu_s']:.0f} | {r['num_parameters']:,} |")
         out += ["", "PCA's lower envelope (bits/pixel: MSE): " + ", ".join(
             f"{r['bpp']:.3f}: {r['mse']:.2f}" for r in envelope) + ".", "",
-            "![rate-distortion](benchmarks/results/compression_rd.png)", ""]
+            "![rate-distortion](benchmarks/results/compression_rd.png)", "",
+            "At low rates the MLP codec with rounding and learned CDFs beats PCA transform "
+            "coding at equal rate by 1.1-1.2 dB (0.15-0.28 bits/pixel) and by 0.7 dB at "
+            "0.54 bits/pixel; above about 0.65 bits/pixel the codecs fall to or "
+            "below PCA's envelope: the MLP memorizes the 1000 training images (train MSE 0.8 "
+            "against 2.3 on the test split at 0.89 bits/pixel), and the convolutional codec, "
+            "which does not, only matches PCA. The row at τ = 10⁷ is our codec with the book's "
+            "temperature: no gradient reaches its encoder and it collapses to about the mean "
+            "image (the book's own code, measured in the spec, drifts to MSE 10.3 at 0.49 "
+            "bits/pixel on rare near-tie gradients). Issue 18 stays open on these figures.", ""]
     return "\n".join(out)
 
 

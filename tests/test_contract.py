@@ -323,6 +323,24 @@ def test_log_prob(case: Case, built: Built) -> None:
         check_per_example(model.log_prob(x, y), x.shape[0])
 
 
+@cases()
+def test_narrow_integer_data_score_as_long_data(case: Case, built: Built) -> None:
+    """Data files hold uint8 pixels: a model scores them as it scores the same values held as
+    long (an IDF once subtracted its offset in uint8 and wrapped around)."""
+    model, data = built
+    spec = data.spec
+    if not spec.kind.is_discrete or (spec.num_levels or 2) > 256:
+        pytest.skip("no narrow-integer form of these data")
+    x, y = _batch(data)
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        wide = model.loss(x, y)
+        torch.manual_seed(0)
+        narrow = model.loss(x.to(torch.uint8), y)
+    assert torch.allclose(wide, narrow, rtol=1e-5, atol=1e-5)
+
+
 #: what the evaluator calls each declared likelihood, on discrete and on continuous data
 EVAL_KINDS = {
     Likelihood.EXACT: ("exact", "density"),

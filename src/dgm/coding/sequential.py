@@ -152,8 +152,8 @@ def _mapped(model: GenerativeModel) -> bool:
 
 
 def _symbols(model: GenerativeModel, x: Tensor) -> Tensor:
-    if _mapped(model):
-        return blockwise(model.coding_symbols, x).long()  # type: ignore[attr-defined]
+    if _mapped(model):  # the data's own integer dtype may be narrow (uint8)
+        return blockwise(model.coding_symbols, x.long()).long()  # type: ignore[attr-defined]
     return x.reshape(x.shape[0], -1).long()
 
 

@@ -132,7 +132,7 @@ class TransformerARM(AutoregressiveModel):
 
     def _embed(self, tokens: Tensor, *, with_start: bool, offset: int) -> Tensor:
         """Token (+ start) and position embeddings of positions offset, offset + 1, ..."""
-        h = self.token_embedding(tokens)
+        h = self.token_embedding(tokens.long())  # narrow integer data (uint8) too
         if with_start:
             h = torch.cat([self.start.expand(tokens.shape[0], 1, -1), h], dim=1)
         positions = torch.arange(offset, offset + h.shape[1], device=h.device)

@@ -451,7 +451,8 @@ class IDF(GenerativeModel):
 
     def _centered(self, x: Tensor) -> Tensor:
         """Flat, centered integers as floats: x - ⌊L/2⌋, shape (N, D)."""
-        return (x.reshape(x.shape[0], self.dim) - self.offset).to(self._dtype)
+        # to floats first: uint8 pixels minus the offset would wrap around
+        return x.reshape(x.shape[0], self.dim).to(self._dtype) - self.offset
 
     def initialize_from_data(self, x: Tensor, generator: torch.Generator) -> None:
         """Fit the base to the centered training data (the couplings start as the identity)."""
