@@ -86,3 +86,15 @@ def train_preset(run_dir: Path, preset: str, overrides: list[str]) -> str | None
     except DgmError as e:
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def lower_envelope(points: list[dict[str, Any]], x: str = "bpp",
+                   y: str = "mse") -> list[dict[str, Any]]:
+    """The points that no point of lower or equal ``x`` beats on ``y`` (lower is better for
+    both): a rate-distortion lower envelope, in increasing ``x``."""
+    envelope, best = [], float("inf")
+    for p in sorted(points, key=lambda p: p[x]):
+        if p[y] < best:
+            best = p[y]
+            envelope.append(p)
+    return envelope

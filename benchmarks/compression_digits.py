@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, locked_json, machine, train_preset  # noqa: E402
+from common import RESULTS, locked_json, lower_envelope, machine, train_preset  # noqa: E402
 
 from dgm.coding import compress, decompress  # noqa: E402
 from dgm.data import load  # noqa: E402
@@ -235,12 +235,8 @@ def plot_rd() -> Path:
     rows = [r for r in json.loads((RESULTS / "compression.json").read_text())["rows"]
             if r["part"] == "lossy" and r.get("error") is None]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    pca = sorted((r for r in rows if r.get("setting") == "pca"), key=lambda r: r["bpp"])
-    envelope, best = [], float("inf")
-    for r in pca:
-        if r["mse"] < best:
-            best = r["mse"]
-            envelope.append(r)
+    pca = [r for r in rows if r.get("setting") == "pca"]
+    envelope = lower_envelope(pca)
     ax.scatter([r["bpp"] for r in pca], [r["psnr"] for r in pca], s=6, color="0.75",
                label="PCA transform coding (components, step)")
     ax.plot([r["bpp"] for r in envelope], [r["psnr"] for r in envelope], color="black", lw=1.5,

@@ -7,6 +7,8 @@ import math
 import statistics
 from pathlib import Path
 
+from common import lower_envelope
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -1215,12 +1217,7 @@ def _compression(data: dict) -> str:
                 "uniform step, a categorical per component, real range coding; its lower "
                 "envelope over (components, step). *PCA at this rate*: the envelope's MSE "
                 "interpolated at the codec's rate, and the codec's PSNR gain over it.", ""]
-        pca = sorted((r for r in lossy if r.get("setting") == "pca"), key=lambda r: r["bpp"])
-        envelope, best = [], float("inf")
-        for r in pca:
-            if r["mse"] < best:
-                best = r["mse"]
-                envelope.append(r)
+        envelope = lower_envelope([r for r in lossy if r.get("setting") == "pca"])
         out += ["| codec | λ | bits/pixel | model bits/pixel | MSE | PSNR dB | PCA at this "
                 "rate: MSE (gain dB) | train CPU s | params |",
                 "|---|---|---|---|---|---|---|---|---|"]
