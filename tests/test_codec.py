@@ -208,6 +208,12 @@ def test_eval_and_report_show_the_rate_and_distortion_of_a_real_file(tmp_path, c
     rd = json.loads(capsys.readouterr().out)
     assert rd["kind"] == "rate_distortion" and rd["n"] == 447
     assert rd["bits_per_pixel"] < rd["bits_per_pixel_with_header"] and rd["mse"] > 0
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), dtype=np.int64))
+    assert main(["compress", str(run), str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.dgmc"),
+                 "--lossless"]) == 2
+    assert "lossy codec" in capsys.readouterr().err
     assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "<h2>Compression</h2>" in page and "bits/pixel (real file" in page

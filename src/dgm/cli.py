@@ -690,12 +690,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """Code an array or image file with a run's model into a checked file of real bits."""
     from dgm.coding import compress
     from dgm.coding.files import read_examples
+    from dgm.core.capabilities import LossyCodec
     from dgm.runs import open_run
 
     run = open_run(args.run_dir)
     out = Path(args.out)
     _check_writable_file(out, "-o")
     model = run.load_model("cpu")
+    if args.lossless and isinstance(model, LossyCodec):
+        raise ConfigError(f"{run.config.model_name} is a lossy codec; --lossless needs a model "
+                          "with exact conditionals (an ARM, a mixture, a circuit, an IDF) or a "
+                          "VAE (bits-back)")
     x = read_examples(args.input, model.spec)
     data, report = compress(model, x)
     out.write_bytes(data)
