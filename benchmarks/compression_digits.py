@@ -14,7 +14,8 @@
             decoded images, PSNR with MAX = 16; PCA transform coding (uniform scalar steps, a
             categorical per component fitted on the training split, real range coding) as the
             classical baseline; our codec at the book's temperature τ = 10⁷ (its encoder gets
-            no gradient) beside them.
+            no gradient) and the book's own construction (benchmarks/peers/book_compressor.py)
+            beside them.
 
 Models are trained through the real trainer (one thread, early stopping, best weights) into
 benchmarks/results/tmp/compression_runs (git-ignored). Results:
@@ -241,12 +242,12 @@ def plot_rd() -> Path:
                label="PCA transform coding (components, step)")
     ax.plot([r["bpp"] for r in envelope], [r["psnr"] for r in envelope], color="black", lw=1.5,
             label="PCA, lower envelope")
-    for setting in CODECS:
+    for setting in (*CODECS, "book_listing"):
         mine = sorted((r for r in rows if r.get("setting") == setting), key=lambda r: r["bpp"])
         if not mine:
             continue
-        style = {"marker": "*", "markersize": 12, "ls": "none"} if setting == "book" else {
-            "marker": "o"}
+        style = {"marker": "*", "markersize": 12, "ls": "none"} if setting.startswith(
+            "book") else {"marker": "o"}
         ax.plot([r["bpp"] for r in mine], [r["psnr"] for r in mine], label=setting, **style)
     ax.set_xlim(0, 2.0)
     ax.set_xlabel("bits per pixel (real file, header apart)")
