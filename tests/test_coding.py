@@ -41,6 +41,16 @@ def test_quantized_tables_sum_to_one_exactly_and_keep_every_symbol():
     assert np.allclose(q[1], 0.25) and abs(q[0, 0] - 1 / (1 + math.exp(-1))) < 1e-6
 
 
+def test_a_row_without_finite_probabilities_codes_as_uniform():
+    log_p = torch.tensor([[float("-inf")] * 4, [float("nan"), 0.0, 0.0, 0.0], [0.0, -1.0, -2.0,
+                                                                                -3.0]])
+    q = quantize_pmf(log_p)
+    assert np.allclose(q[0], 0.25) and np.allclose(q[1], 0.25) and q[2, 0] > 0.6
+    writer = RangeWriter()
+    writer.write(np.array([3, 1, 2]), q)
+    assert np.array_equal(RangeReader(writer.words()).read(q), [3, 1, 2])
+
+
 def test_range_code_round_trips_within_a_tenth_of_a_percent_of_the_cross_entropy():
     rng = np.random.default_rng(0)
     m, a = 5000, 17

@@ -32,13 +32,18 @@ def quantize_pmf(log_pmf: Tensor) -> np.ndarray:
     f_a = 1 + ⌊p_a (2^24 - A)⌋, the remainder added to the most probable symbol."""
     if log_pmf.shape[-1] > (1 << PRECISION) // 2:
         raise CodecError(f"an alphabet of {log_pmf.shape[-1]} symbols is too large to code")
-    p = torch.softmax(log_pmf.detach().to("cpu", torch.float64), -1).numpy()
+    log_pmf = log_pmf.detach().to("cpu", torch.float64)
+    # a row with no finite entry (a model that gives the coded context zero probability) is
+    # coded as uniform: still decodable, and the same on both sides
+    no_mass = ~torch.isfinite(log_pmf).any(-1, keepdim=True)
+    dead = no_mass | torch.isnan(log_pmf).any(-1, keepdim=True)
+    log_pmf = torch.where(dead, torch.zeros_like(log_pmf), log_pmf)
+    p = torch.softmax(log_pmf, -1).numpy()
     total, size = 1 << PRECISION, p.shape[-1]
     freq = np.floor(p * (total - size)).astype(np.int64) + 1
     top = freq.argmax(-1)[..., None]
-    np.put_along_axis(freq, top, np.take_along_axis(freq, top, -1) + total - freq.sum(-1,
-                                                                                     keepdims=True),
-                      -1)
+    remainder = total - freq.sum(-1, keepdims=True)
+    np.put_along_axis(freq, top, np.take_along_axis(freq, top, -1) + remainder, -1)
     return freq.astype(np.float64) / total
 
 
