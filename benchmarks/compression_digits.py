@@ -12,6 +12,9 @@
 (mnist)     Binarized MNIST's 10,000 test images: a VAE trained for ``--mnist-epochs`` epochs
             coded by bits-back, beside gzip, bz2 and LZMA on the packed bits (ANCHORS.md §3:
             bz2 0.25, BB-ANS 0.19 bits/dim).
+(mnist_classical)  JPEG and WebP (Pillow) on the first 1000 MNIST test images, one file each,
+            quality 5-90: bits per pixel with and without the file's header, MSE and PSNR
+            (MAX = 255); the classical side of the MNIST rate-distortion figure.
 (lossy)     Rate-distortion curves on the test split from a λ sweep of every codec setting,
             rates of the real files (header apart), MSE per pixel on the 0..16 scale of the
             decoded images, PSNR with MAX = 16; PCA transform coding (uniform scalar steps, a
@@ -141,6 +144,44 @@ def mnist_rows(epochs: int, seed: int, reuse: bool) -> list[dict[str, Any]]:
                     "num_parameters": model.num_parameters()})
     print(json.dumps(row), flush=True)
     return [*rows, row]
+
+
+def _payload_bytes(data: bytes, fmt: str) -> int:
+    """The bytes of an image file that are not header: JPEG's entropy-coded segment (after the
+    SOS segment, before EOI), WebP's VP8/VP8L chunk payload."""
+    if fmt == "JPEG":
+        sos = data.find(b"\xff\xda")
+        return len(data) - (sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")) - 2
+    return int.from_bytes(data[16:20], "little")
+
+
+def classical_lossy_rows(name: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """JPEG and WebP (Pillow) on the first ``limit`` test images of an 8-bit image set, one
+    file per image: bits per pixel with the file's header and without it, MSE (0..255) and
+    PSNR (MAX = 255) of the decoded images, over a quality sweep."""
+    from PIL import Image
+
+    x = load(name).split("test").x[:limit, 0].numpy().astype(np.uint8)
+    rows = []
+    for fmt in ("JPEG", "WEBP"):
+        for quality in (5, 10, 20, 30, 50, 70, 90):
+            file_bytes = payload = 0
+            err = 0.0
+            for image in x:
+                buf = io.BytesIO()
+                Image.fromarray(image).save(buf, format=fmt, quality=quality)
+                data = buf.getvalue()
+                file_bytes += len(data)
+                payload += _payload_bytes(data, fmt)
+                back = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
+                err += float(((back - image) ** 2).sum())
+            mse = err / x.size
+            rows.append({"part": f"{name}_lossy", "model": f"{fmt.lower()}_q{quality}",
+                         "setting": fmt.lower(), "kind": "classical", "quality": quality,
+                         "n": len(x), "bpp_file": 8 * file_bytes / x.size,
+                         "bpp": 8 * payload / x.size, "mse": mse,
+                         "psnr": 10 * np.log10(255 ** 2 / mse)})
+    return rows
 
 
 def _trained(run_dir: Path, preset: str, overrides: list[str], reuse: bool) -> str | None:
@@ -324,7 +365,7 @@ def save(rows: list[dict[str, Any]], started: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", nargs="+", default=["lossless"],
-                    choices=["lossless", "lossy", "mnist"])
+                    choices=["lossless", "lossy", "mnist", "mnist_classical"])
     ap.add_argument("--mnist-epochs", type=int, default=20)
     ap.add_argument("--models", nargs="+", help="only these rows (classical and pca name the "
                     "classical coders)")
@@ -357,6 +398,8 @@ def main() -> None:
                 save([codec_row(setting, weight, args.seed, data, args.reuse)], started)
     if "mnist" in args.parts:
         save(mnist_rows(args.mnist_epochs, args.seed, args.reuse), started)
+    if "mnist_classical" in args.parts:
+        save(classical_lossy_rows("mnist"), started)
     if "lossy" in args.parts:
         print(f"wrote {plot_rd()}")
     print(f"wrote {RESULTS / 'compression.json'}")
