@@ -33,7 +33,8 @@ from dgm.coding.entropy import RangeReader, RangeWriter, quantize_pmf
 from dgm.core.base import GenerativeModel
 from dgm.core.capabilities import (CodingCursor, IntegerLatent, LossyCodec, Marginalizable,
                                    SequentialCoding)
-from dgm.core.conditionals import CODING_ROWS, MarginalCursor, blockwise, coding_precision
+from dgm.core.conditionals import (CODING_ROWS, MarginalCursor, blockwise, coding_precision,
+                                   padded_block)
 from dgm.core.errors import CodecError
 from dgm.core.spec import DataKind
 
@@ -162,13 +163,6 @@ def _blocks(n: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + CODING_ROWS, n)
 
 
-def _padded(block: Tensor) -> Tensor:
-    pad = CODING_ROWS - block.shape[0]
-    if pad == 0:
-        return block
-    return torch.cat([block, torch.zeros(pad, *block.shape[1:], dtype=block.dtype)])
-
-
 def _alphabet(twin: GenerativeModel, symbols: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """The symbol values coded, and what the header must carry to know them."""
     fixed = twin.coding_alphabet() if isinstance(twin, LossyCodec) else None
@@ -198,7 +192,7 @@ def _steps(twin: GenerativeModel, symbols: Tensor,
     for every step of every block, making the decoder's calls."""
     for start, stop in _blocks(symbols.shape[0]):
         rows = stop - start
-        block = _padded(symbols[start:stop])
+        block = padded_block(symbols[start:stop])
         cursor = _cursor(twin, alphabet)
         for positions in cursor.steps:
             log_pmf = torch.log_softmax(cursor.log_pmf().double(), -1)[:rows]

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from dgm.core.errors import CodecError
 from dgm.core.heads import LikelihoodHead
 
-__all__ = ["CODING_ROWS", "coding_precision", "blockwise", "AutoregressiveCursor", "MixtureCursor",
-           "MarginalCursor", "check_levels_alphabet"]
+__all__ = ["CODING_ROWS", "coding_precision", "padded_block", "blockwise",
+           "AutoregressiveCursor", "MixtureCursor", "MarginalCursor", "check_levels_alphabet"]
 
 
 CODING_ROWS = 16
@@ -53,17 +53,21 @@ def coding_precision(model: M) -> Iterator[M]:
         torch.set_default_dtype(dtype)
 
 
+def padded_block(block: Tensor) -> Tensor:
+    """A block of at most :data:`CODING_ROWS` rows padded with zero rows to exactly that many."""
+    pad = CODING_ROWS - block.shape[0]
+    if pad == 0:
+        return block
+    return torch.cat([block, block.new_zeros(pad, *block.shape[1:])])
+
+
 def blockwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """fn over x in blocks of exactly :data:`CODING_ROWS` rows (the last padded with zeros),
     so that every row is computed at the same shape whatever the number of rows."""
     outs = []
     for start in range(0, x.shape[0], CODING_ROWS):
         block = x[start:start + CODING_ROWS]
-        rows = block.shape[0]
-        if rows < CODING_ROWS:
-            pad = torch.zeros(CODING_ROWS - rows, *block.shape[1:], dtype=block.dtype)
-            block = torch.cat([block, pad])
-        outs.append(fn(block)[:rows])
+        outs.append(fn(padded_block(block))[:block.shape[0]])
     return torch.cat(outs) if outs else fn(x)
 
 
