@@ -12,9 +12,12 @@
 (mnist)     Binarized MNIST's 10,000 test images: a VAE trained for ``--mnist-epochs`` epochs
             coded by bits-back, beside gzip, bz2 and LZMA on the packed bits (ANCHORS.md §3:
             bz2 0.25, BB-ANS 0.19 bits/dim).
-(mnist_classical)  JPEG and WebP (Pillow) on the first 1000 MNIST test images, one file each,
-            quality 5-90: bits per pixel with and without the file's header, MSE and PSNR
-            (MAX = 255); the classical side of the MNIST rate-distortion figure.
+(image_lossy)  MNIST and Fashion-MNIST (``--images``), 10,000 test images each: JPEG and WebP
+            (Pillow), one file per image, quality 5-90, bits per pixel with and without the
+            file's header; a convolutional codec with a scale hyperprior
+            (configs/codec_mnist.yaml) trained ``--image-epochs`` epochs per λ, its real rate
+            (one file for the split; and one file per image, header and word padding in each);
+            MSE and PSNR (MAX = 255); the curves and reconstructions at matched rates.
 (lossy)     Rate-distortion curves on the test split from a λ sweep of every codec setting,
             rates of the real files (header apart), MSE per pixel on the 0..16 scale of the
             decoded images, PSNR with MAX = 16; PCA transform coding (uniform scalar steps, a
@@ -162,9 +165,9 @@ def _payload_bytes(data: bytes, fmt: str) -> int:
     return int.from_bytes(data[16:20], "little")
 
 
-def classical_lossy_rows(name: str, limit: int = 1000) -> list[dict[str, Any]]:
-    """JPEG and WebP (Pillow) on the first ``limit`` test images of an 8-bit image set, one
-    file per image: bits per pixel with the file's header and without it, MSE (0..255) and
+def classical_lossy_rows(name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """JPEG and WebP (Pillow) on the test images of an 8-bit image set (the first ``limit``),
+    one file per image: bits per pixel with the file's header and without it, MSE (0..255) and
     PSNR (MAX = 255) of the decoded images, over a quality sweep."""
     from PIL import Image
 
@@ -253,6 +256,7 @@ CODECS = {
                         "GDN convolutions to 8 x 2 x 2 latents, rounding, learned CDFs"),
 }
 LAMBDAS = (1.0, 3.0, 10.0, 30.0)
+PIXEL_STEPS = (3, 4, 6, 8)  # the pixel codec's bin widths (its rate knob)
 BOOK_LAMBDA = 2.77  # the book's β = 1 on nats per code position, in our bits per pixel
 
 
@@ -317,6 +321,72 @@ def codec_row(setting: str, weight: float, seed: int, data,
     return row
 
 
+IMAGE_LAMBDAS = (100.0, 300.0, 1000.0, 3000.0)
+
+
+def image_codec_row(name: str, weight: float, seed: int, epochs: int,
+                    reuse: bool = False) -> dict[str, Any]:
+    """configs/codec_mnist.yaml trained on ``name`` at λ = ``weight`` for ``epochs`` epochs;
+    its 10,000 test images coded into one file (rate header apart and with it), and the first
+    200 coded one file per image as JPEG and WebP are (our 49-byte header and the coder's
+    32-bit word rounding in every file)."""
+    from dgm.eval.compression import evaluate_codec
+
+    run_dir = RUNS / f"codec-{name}-{weight:g}-{seed}"
+    overrides = [f"data.name={name}", f"train.seed={seed}", f"model.rate_weight={weight}",
+                 f"train.epochs={epochs}"]
+    error = _trained(run_dir, "codec_mnist", overrides, reuse)
+    row: dict[str, Any] = {"part": f"{name}_lossy", "model": f"hyperprior_{weight:g}",
+                           "setting": "hyperprior", "rate_weight": weight, "seed": seed,
+                           "overrides": overrides, "error": error,
+                           "what": "GDN convolutions to 16 x 7 x 7 latents, rounding (noise in "
+                                   "training), scale hyperprior (configs/codec_mnist.yaml)"}
+    if error is None:
+        run = open_run(run_dir)
+        model = run.load_model("cpu")
+        test = load(name).split("test")
+        rd = evaluate_codec(model, test)
+        alone = [compress(model, test.x[i:i + 1])[1].file_bits for i in range(200)]
+        row.update({"kind": "codec", "n": rd.n, "bpp": rd.bits_per_pixel,
+                    "bpp_with_header": rd.bits_per_pixel_with_header,
+                    "bpp_file": float(np.mean(alone)) / test.x[0].numel(),
+                    "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
+                    "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
+                    "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
+                    "num_parameters": model.num_parameters()})
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def pixel_codec_row(step: int, seed: int, data, reuse: bool = False) -> dict[str, Any]:
+    """configs/pixel_codec_digits.yaml at bin width ``step``: its real rate and distortion on
+    the test split (and validation)."""
+    from dgm.eval.compression import evaluate_codec
+
+    run_dir = RUNS / f"pixel_codec-{step}-{seed}"
+    overrides = [f"train.seed={seed}", f"model.step={step}"]
+    error = _trained(run_dir, "pixel_codec_digits", overrides, reuse)
+    row: dict[str, Any] = {"part": "lossy", "model": f"pixel_codec_{step}",
+                           "setting": "pixel_codec", "step": step, "seed": seed,
+                           "overrides": overrides, "error": error,
+                           "what": "bins of Δ levels per pixel coded under a gated PixelCNN, a "
+                                   "convolutional dequantizer (configs/pixel_codec_digits.yaml)"}
+    if error is None:
+        run = open_run(run_dir)
+        model = run.load_model("cpu")
+        rd = evaluate_codec(model, data.split("test"))
+        val = evaluate_codec(model, data.split("val"), split_name="val")
+        row.update({"kind": "codec", "bpp": rd.bits_per_pixel,
+                    "bpp_with_header": rd.bits_per_pixel_with_header,
+                    "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
+                    "val_bpp": val.bits_per_pixel, "val_mse": val.mse,
+                    "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
+                    "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
+                    "num_parameters": model.num_parameters()})
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def plot_rd() -> Path:
     """PSNR against bits per pixel: every codec setting's λ curve, PCA's lower envelope and its
     points, the book's compressor, from compression.json."""
@@ -334,7 +404,7 @@ def plot_rd() -> Path:
                label="PCA transform coding (components, step)")
     ax.plot([r["bpp"] for r in envelope], [r["psnr"] for r in envelope], color="black", lw=1.5,
             label="PCA, lower envelope")
-    for setting in (*CODECS, "book_listing"):
+    for setting in (*CODECS, "pixel_codec", "book_listing"):
         mine = sorted((r for r in rows if r.get("setting") == setting), key=lambda r: r["bpp"])
         if not mine:
             continue
@@ -348,6 +418,88 @@ def plot_rd() -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     out = RESULTS / "compression_rd.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _image_rows(name: str) -> list[dict[str, Any]]:
+    return [r for r in json.loads((RESULTS / "compression.json").read_text())["rows"]
+            if r["part"] == f"{name}_lossy" and r.get("error") is None]
+
+
+def plot_image_rd(name: str) -> Path:
+    """PSNR against bits per pixel on an 8-bit image set: JPEG, WebP and our codec, each with
+    the file's header (dashed; one file per image) and without it (solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _image_rows(name)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for setting, color in (("jpeg", "tab:red"), ("webp", "tab:green"),
+                           ("hyperprior", "tab:blue")):
+        mine = sorted((r for r in rows if r.get("setting") == setting), key=lambda r: r["bpp"])
+        if not mine:
+            continue
+        label = "our codec (hyperprior)" if setting == "hyperprior" else setting.upper()
+        ax.plot([r["bpp"] for r in mine], [r["psnr"] for r in mine], "o-", color=color,
+                label=f"{label}, header apart")
+        ax.plot([r["bpp_file"] for r in mine], [r["psnr"] for r in mine], "o--", color=color,
+                alpha=0.6, mfc="none", label=f"{label}, one file per image, header in")
+    ax.set_xlim(0, 7)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR of the decoded test images, dB (MAX = 255)")
+    ax.set_title(f"Rate-distortion on the {name} test images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    out = RESULTS / f"compression_rd_{name}.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_image_reconstructions(name: str, seed: int = 0, count: int = 8) -> Path:
+    """The first ``count`` test images decoded by our codec at every λ, and by JPEG and WebP at
+    the quality whose mean rate (header apart) is nearest to the codec's; each row labelled
+    with its rate and PSNR over the whole test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = _image_rows(name)
+    codecs = sorted((r for r in rows if r.get("setting") == "hyperprior"),
+                    key=lambda r: r["bpp"])
+    x = load(name).split("test").x[:count]
+    lines: list[tuple[str, np.ndarray]] = [("original", x[:, 0].numpy())]
+    for row in codecs:
+        model = open_run(RUNS / f"codec-{name}-{row['rate_weight']:g}-{seed}").load_model("cpu")
+        lines.append((f"ours λ={row['rate_weight']:g}\n{row['bpp']:.2f} bpp, "
+                      f"{row['psnr']:.1f} dB", model.reconstruct(x)[:, 0].numpy()))
+        for fmt in ("jpeg", "webp"):
+            peer = min((r for r in rows if r.get("setting") == fmt),
+                       key=lambda r: abs(r["bpp"] - row["bpp"]))
+            decoded = []
+            for image in x[:, 0].numpy().astype(np.uint8):
+                buf = io.BytesIO()
+                Image.fromarray(image).save(buf, format=fmt.upper(), quality=peer["quality"])
+                decoded.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L")))
+            lines.append((f"{fmt.upper()} q{peer['quality']}\n{peer['bpp']:.2f} bpp, "
+                          f"{peer['psnr']:.1f} dB", np.stack(decoded)))
+    fig, axes = plt.subplots(len(lines), count, figsize=(count * 0.8 + 1.6, len(lines) * 0.82))
+    for i, (label, images) in enumerate(lines):
+        for j in range(count):
+            ax = axes[i, j]
+            ax.imshow(images[j], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{name}: decoded test images at matched rates (rate and PSNR over the whole "
+                 "test split, header apart)", fontsize=9)
+    out = RESULTS / f"compression_recon_{name}.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
@@ -372,17 +524,26 @@ def save(rows: list[dict[str, Any]], started: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", nargs="+", default=["lossless"],
-                    choices=["lossless", "lossy", "mnist", "mnist8", "mnist_classical"])
+                    choices=["lossless", "lossy", "mnist", "mnist8", "image_lossy"])
+    ap.add_argument("--images", nargs="+", default=["mnist", "fashion_mnist"],
+                    help="the data sets of --parts image_lossy")
+    ap.add_argument("--image-epochs", type=int, default=5)
     ap.add_argument("--mnist-epochs", type=int, default=20)
+    ap.add_argument("--mnist8-limit", type=int, default=0,
+                    help="code only the first N 8-bit MNIST test images (0: all 10,000)")
     ap.add_argument("--models", nargs="+", help="only these rows (classical and pca name the "
                     "classical coders)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lambdas", type=float, nargs="+", help="λ of the lossy rows")
+    ap.add_argument("--steps", type=int, nargs="+", help="Δ of the pixel codec's rows")
     ap.add_argument("--reuse", action="store_true", help="keep runs already trained")
     ap.add_argument("--plot-only", action="store_true", help="redraw compression_rd.png")
     args = ap.parse_args()
     if args.plot_only:
         print(f"wrote {plot_rd()}")
+        if "image_lossy" in args.parts:
+            for name in args.images:
+                print(f"wrote {plot_image_rd(name)}, {plot_image_reconstructions(name)}")
         return
     torch.set_num_threads(1)
     started = machine()
@@ -403,12 +564,22 @@ def main() -> None:
             weights = (BOOK_LAMBDA,) if setting == "book" else LAMBDAS
             for weight in args.lambdas or weights:
                 save([codec_row(setting, weight, args.seed, data, args.reuse)], started)
+        if not chosen or "pixel_codec" in chosen:
+            for step in args.steps or PIXEL_STEPS:
+                save([pixel_codec_row(step, args.seed, data, args.reuse)], started)
     if "mnist" in args.parts:
         save(mnist_rows(args.mnist_epochs, args.seed, args.reuse), started)
     if "mnist8" in args.parts:
-        save(mnist_rows(args.mnist_epochs, args.seed, args.reuse, "mnist", limit=1000), started)
-    if "mnist_classical" in args.parts:
-        save(classical_lossy_rows("mnist"), started)
+        save(mnist_rows(args.mnist_epochs, args.seed, args.reuse, "mnist",
+                        limit=args.mnist8_limit or None), started)
+    if "image_lossy" in args.parts:
+        for name in args.images:
+            if not chosen or "classical" in chosen:
+                save(classical_lossy_rows(name), started)
+            for weight in args.lambdas or IMAGE_LAMBDAS:
+                save([image_codec_row(name, weight, args.seed, args.image_epochs, args.reuse)],
+                     started)
+            print(f"wrote {plot_image_rd(name)}, {plot_image_reconstructions(name)}")
     if "lossy" in args.parts:
         print(f"wrote {plot_rd()}")
     print(f"wrote {RESULTS / 'compression.json'}")

@@ -75,6 +75,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # a hybrid's density is a plain dict (any model's config), which the rule cannot walk
     "hybrid": {"density": {"name": "idf", "hidden": 8, "num_hidden": 1, "num_flows": 2,
                            "prior_hidden": 8}, "hidden": 8, "num_hidden": 1},
+    # so is the pixel codec's entropy model
+    "pixel_codec": {"entropy_model": {"name": "pixelcnn", "hidden": 8, "num_layers": 2},
+                    "hidden": 8, "num_layers": 1},
 }
 
 

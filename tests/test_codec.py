@@ -28,6 +28,7 @@ SETTINGS = [
     {"transform": "conv", "code_dim": 3, "quantizer": "noise", "entropy": "factorized"},
     {"transform": "conv", "code_dim": 3, "quantizer": "noise", "entropy": "hyperprior",
      "hyper_dim": 4},
+    {"quantizer": "noise", "entropy": "autoregressive"},
 ]
 
 
@@ -79,7 +80,7 @@ def test_noise_in_training_rounding_at_test():
 
 # -- entropy models ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options", SETTINGS[:5] + SETTINGS[6:7], ids=str)
+@pytest.mark.parametrize("options", SETTINGS[:5] + SETTINGS[6:7] + SETTINGS[8:], ids=str)
 def test_the_coders_pmf_sums_to_one_and_matches_the_training_rate_at_test(options):
     """In eval mode the training rate (nats) is the -log of the pmf the coder uses (for the
     factorized and ARM models, where the two are the same table)."""
@@ -88,11 +89,25 @@ def test_the_coders_pmf_sums_to_one_and_matches_the_training_rate_at_test(option
     with torch.no_grad():
         nats, _ = codec.entropy.rate(codec.analysis(x))
     own, _ = example_bits(codec, x)
-    if options["quantizer"] == "codebook" or options["entropy"] == "factorized":
+    if options["quantizer"] == "codebook" or options["entropy"] != "hyperprior":
         # the file's window cuts the integer pmf's tails: the coder's bits can only be fewer
         assert torch.all(own <= nats.double() / math.log(2) + 1e-4)
         if options["quantizer"] == "codebook":
             assert torch.allclose(own, nats.double() / math.log(2), rtol=1e-4)
+
+
+def test_the_gaussian_context_model_reads_only_earlier_positions():
+    codec = _codec(SETTINGS[8]).eval()
+    values = torch.randn(3, codec.code_size).round()
+    mean, scale = codec.entropy.params(values)
+    for s in (0, 2, codec.code_size - 1):
+        changed = values.clone()
+        changed[:, s] += 5
+        mean2, scale2 = codec.entropy.params(changed)
+        assert torch.equal(mean[:, :s + 1], mean2[:, :s + 1])
+        assert torch.equal(scale[:, :s + 1], scale2[:, :s + 1])
+        if s < codec.code_size - 1:
+            assert not torch.equal(mean[:, s + 1:], mean2[:, s + 1:])
 
 
 def test_the_hyperprior_rate_is_the_sum_of_its_two_codes():
@@ -165,12 +180,29 @@ def test_training_lowers_distortion_below_predicting_the_mean():
     assert mse < float((x.double() - x.double().mean(0)).pow(2).mean())
 
 
-def test_samples_decode_codes_from_the_entropy_model():
-    codec = _codec(SETTINGS[2]).eval()
+@pytest.mark.parametrize("options", SETTINGS, ids=str)
+def test_samples_decode_codes_from_the_entropy_model(options):
+    codec = _codec(options).eval()
     s = codec.sample(5, generator=torch.Generator().manual_seed(0))
     assert s.shape == (5, 1, 8, 8) and s.dtype == torch.long and int(s.max()) <= 16
-    with pytest.raises(CodecError, match="codebook"):
-        _codec(SETTINGS[3]).sample(2)
+    again = codec.sample(5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s, again)
+
+
+@pytest.mark.parametrize("options", [SETTINGS[1], SETTINGS[3], SETTINGS[8]], ids=str)
+def test_sampled_codes_follow_the_entropy_models_pmf(options):
+    """The first code position has no context: its draws' frequencies are its pmf."""
+    codec = _codec(options).eval()
+    alphabet = (torch.arange(8) if options["quantizer"] == "codebook"
+                else torch.arange(-80, 81))  # an untrained learned CDF is wide
+    with torch.no_grad():
+        pmf = codec.entropy.coding_cursor(1, alphabet).log_pmf()[0, 0].exp()
+        values = codec.entropy.sample(6000, torch.Generator().manual_seed(1))[:, 0]
+    if options["quantizer"] == "codebook":
+        values = codec.entropy.quantizer(values.view(-1, 1)).symbols[:, 0]
+    freq = torch.stack([(values == a).double().mean() for a in alphabet])
+    assert pmf.sum() > 0.99
+    assert torch.allclose(freq, pmf.double(), atol=0.025)
 
 
 def test_a_codec_file_is_refused_by_another_codec():
@@ -181,7 +213,7 @@ def test_a_codec_file_is_refused_by_another_codec():
 
 @pytest.mark.parametrize("bad, message", [
     ({"quantizer": "codebook", "entropy": "hyperprior"}, "entropy models"),
-    ({"quantizer": "noise", "entropy": "autoregressive"}, "entropy models"),
+    ({"quantizer": "noise", "entropy": "categorical"}, "entropy models"),
     ({"transform": "conv", "code_dim": 3}, None),
     ({"latent_scale": 0.0}, "latent_scale"),
     ({"dropout": 1.0}, "dropout"),

@@ -33,11 +33,12 @@ from torch import Tensor, nn
 from dgm.core.base import GenerativeModel, Likelihood
 from dgm.core.capabilities import CodingCursor
 from dgm.core.conditionals import blockwise, coding_precision
-from dgm.core.errors import CodecError, ConfigError
+from dgm.core.errors import ConfigError
 from dgm.core.registry import register_model
 from dgm.core.spec import DataKind, DataSpec
 from dgm.models.compression.entropy_models import (
     AutoregressiveEntropy,
+    AutoregressiveGaussianEntropy,
     CategoricalEntropy,
     FactorizedEntropy,
     HyperpriorEntropy,
@@ -45,10 +46,10 @@ from dgm.models.compression.entropy_models import (
 )
 from dgm.models.compression.quantizers import CodebookQuantizer, RoundingQuantizer
 
-__all__ = ["CodecConfig", "Codec", "GDN"]
+__all__ = ["CodecConfig", "Codec", "GDN", "decoded_reconstruction"]
 
 CODEBOOK_ENTROPY = ("uniform", "categorical", "autoregressive")
-INTEGER_ENTROPY = ("factorized", "hyperprior")
+INTEGER_ENTROPY = ("factorized", "autoregressive", "hyperprior")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +66,10 @@ class CodecConfig:
         codebook_size: K.
         temperature: τ of the codebook's backward softmax.
         entropy: with a codebook ``"uniform"``, ``"categorical"`` or ``"autoregressive"`` (the
-            book's); with rounding ``"factorized"`` (a learned CDF per channel) or
-            ``"hyperprior"`` (a Gaussian conditional with a scale hyperprior).
+            book's); with rounding ``"factorized"`` (a learned CDF per channel),
+            ``"autoregressive"`` (a Gaussian per position whose mean and scale a MADE reads
+            from the positions before it) or ``"hyperprior"`` (a Gaussian conditional with a
+            scale hyperprior).
         hyper_dim: the hyper-latent's length (hyperprior).
         rate_weight: λ, the weight of bits per pixel beside the MSE per pixel.
         latent_scale: y = s f_e(x) and the decoder reads ŷ / s: with rounding, s sets how
@@ -106,6 +109,17 @@ class CodecConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rate_weight < 0 or self.temperature <= 0 or self.latent_scale <= 0:
             raise ConfigError("rate_weight must be >= 0, temperature and latent_scale > 0")
+
+
+def decoded_reconstruction(codec: GenerativeModel, x: Tensor) -> Tensor:
+    """What ``dgm decompress`` gives for a file of x under a lossy codec: its symbols and
+    their inverse evaluated as the coder does (float64 on the CPU, one thread, in fixed
+    blocks), in the data's dtype and on x's device."""
+    codec.check_input(x)
+    with torch.no_grad(), coding_precision(codec) as twin:
+        symbols = blockwise(twin.coding_symbols, x.cpu())  # type: ignore[attr-defined]
+        out = blockwise(twin.coding_inverse, symbols)  # type: ignore[attr-defined]
+    return out.to(codec.spec.dtype).to(x.device)
 
 
 class GDN(nn.Module):
@@ -197,6 +211,8 @@ class Codec(GenerativeModel):
             quantizer = RoundingQuantizer("ste" if config.quantizer == "round" else "noise")
             if config.entropy == "factorized":
                 self.entropy = FactorizedEntropy(channels, quantizer)
+            elif config.entropy == "autoregressive":
+                self.entropy = AutoregressiveGaussianEntropy(size, quantizer)
             else:
                 self.entropy = HyperpriorEntropy(size, config.hyper_dim, quantizer)
         self.code_size = size
@@ -265,11 +281,7 @@ class Codec(GenerativeModel):
     def reconstruct(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Exactly what ``dgm decompress`` gives for a file of x: evaluated as the coder does
         (float64 on the CPU, one thread, in fixed blocks), rounded to the levels."""
-        self.check_input(x)
-        with coding_precision(self) as twin:
-            symbols = blockwise(twin.coding_symbols, x.cpu())
-            out = blockwise(twin.coding_inverse, symbols)
-        return out.to(self.spec.dtype).to(x.device)
+        return decoded_reconstruction(self, x)
 
     @torch.no_grad()
     def sample(self, n: int, *, y: Tensor | None = None,
@@ -277,15 +289,5 @@ class Codec(GenerativeModel):
         """Codes drawn from the entropy model, decoded (the book's Fig. 10.5c)."""
         if y is not None:
             raise ConfigError("the codec is unconditional: sample() takes no labels")
-        if not isinstance(self.entropy, UniformEntropy):  # the codebook entropy models
-            raise CodecError("sampling needs a codebook entropy model (integer latents have "
-                             "unbounded support)")
-        quantizer = self.entropy.quantizer
-        if isinstance(self.entropy, AutoregressiveEntropy):
-            values = self.entropy.sample(n, generator)
-        else:
-            table = self.entropy.coding_cursor(1, torch.arange(1)).log_pmf()[0]
-            index = torch.multinomial(table.exp().expand(n, -1, -1).reshape(-1, table.shape[-1]),
-                                      1, generator=generator).view(n, -1)
-            values = quantizer.values_of(index.to(quantizer.codebook.device))
+        values = self.entropy.sample(n, generator)
         return torch.round(self.synthesis(values)).clamp(0, self.top).to(self.spec.dtype)

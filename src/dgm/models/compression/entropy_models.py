@@ -13,6 +13,9 @@ information too:
   causal convolution of the codeword values (Listing 10.4; a codebook quantizer);
 - :class:`FactorizedEntropy`: per channel a learned CDF c (a monotone network, Ballé et al.
   2018, App. 6.1), p(ŷ) = c(ŷ + ½) - c(ŷ - ½) (integers from rounding);
+- :class:`AutoregressiveGaussianEntropy`: p(ŷ_s | ŷ_{<s}) = N(μ_s, σ_s²) convolved with
+  U(-½, ½), (μ_s, σ_s) from a MADE over the code (a mean-scale context model, Minnen et al.
+  2018, over a flat code; integers from rounding);
 - :class:`HyperpriorEntropy`: a Gaussian conditional p(ŷ | ẑ) = N(0, σ²(ẑ)) convolved with
   U(-½, ½), whose scales come from a hyper-latent ẑ = round(h_a(y)) coded with a factorized
   model (the scale hyperprior, Ballé et al. 2018).
@@ -30,13 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.core.distributions import log_normal_interval
-from dgm.core.nn import CausalConv1d, mlp
+from dgm.core.nn import CausalConv1d, made_network, mlp
 from dgm.models.compression.quantizers import CodebookQuantizer, RoundingQuantizer
 
 __all__ = ["UniformEntropy", "CategoricalEntropy", "AutoregressiveEntropy",
-           "FactorizedEntropy", "HyperpriorEntropy"]
+           "FactorizedEntropy", "AutoregressiveGaussianEntropy", "HyperpriorEntropy"]
 
 _TINY = 1e-9  # the floor on a relaxed likelihood in training (CompressAI's bound too)
+SAMPLE_WINDOW = 256  # integers drawn from a learned CDF lie within ± this
 
 
 class _OneStep:
@@ -77,6 +81,13 @@ class UniformEntropy(nn.Module):
     def coding_cursor(self, rows: int, alphabet: Tensor) -> _OneStep:
         k = self.quantizer.codebook_size
         return _OneStep(torch.zeros(rows, self.size, k))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """ŷ ~ p, (n, S) codeword values."""
+        probs = self.coding_cursor(1, torch.arange(1)).log_pmf()[0].exp()  # (S, K)
+        index = torch.multinomial(probs, n, replacement=True, generator=generator).T
+        return self.quantizer.values_of(index.to(self.quantizer.codebook.device))
 
 
 class CategoricalEntropy(UniformEntropy):
@@ -221,6 +232,90 @@ class FactorizedEntropy(nn.Module):
     def coding_cursor(self, rows: int, alphabet: Tensor) -> _OneStep:
         return _OneStep(self.table(alphabet, rows))
 
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """ŷ ~ p, (n, S) integers, drawn over ±``SAMPLE_WINDOW`` (a learned CDF has no
+        closed-form inverse; the mass beyond that window is negligible for a trained code)."""
+        alphabet = torch.arange(-SAMPLE_WINDOW, SAMPLE_WINDOW + 1,
+                                device=self.cdf.biases[0].device)
+        probs = self.table(alphabet, 1)[0].exp()  # (S, A)
+        index = torch.multinomial(probs, n, replacement=True, generator=generator).T
+        return alphabet[index].to(self.cdf.biases[0].dtype)
+
+
+def _log_gaussian_bin(values: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+    """log ∫_{v-½}^{v+½} N(t; μ, σ²) dt: a Gaussian convolved with U(-½, ½), at integers."""
+    return log_normal_interval((values - mean - 0.5) / scale, (values - mean + 0.5) / scale)
+
+
+class AutoregressiveGaussianEntropy(nn.Module):
+    r"""p(ŷ) = Π_s ∫_{ŷ_s-½}^{ŷ_s+½} N(t; μ_s, σ_s²) dt with (μ_s, σ_s) = MADE(ŷ_{<s}): the
+    mean-scale autoregressive context model of Minnen et al. (2018) over a flat code (the
+    book's ARM entropy model, Listing 10.4, for integers instead of codewords). In training
+    the context is the noisy ŷ the quantizer gives; the coder walks the S positions in order.
+    The masks are drawn once from a fixed seed and saved with the weights."""
+
+    def __init__(self, size: int, quantizer: RoundingQuantizer, hidden: int = 128,
+                 num_hidden: int = 2) -> None:
+        super().__init__()
+        self.size, self.quantizer = size, quantizer
+        self.net = made_network(size, 2, hidden, num_hidden,
+                                generator=torch.Generator().manual_seed(0))
+
+    def params(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, σ), each (N, S), from the code values (N, S); σ >= 0.11."""
+        out = self.net(values).view(values.shape[0], self.size, 2)
+        return out[..., 0], F.softplus(out[..., 1]) + 0.11
+
+    def rate(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        q = self.quantizer(y)
+        mean, scale = self.params(q.values)
+        log_mass = _log_gaussian_bin(q.values, mean, scale)
+        return -log_mass.clamp_min(math.log(_TINY)).sum(1), q.values
+
+    def symbols(self, y: Tensor) -> Tensor:
+        return torch.round(y).long()
+
+    def values(self, symbols: Tensor) -> Tensor:
+        return symbols.to(self.net[0].weight.dtype)
+
+    def coding_cursor(self, rows: int, alphabet: Tensor) -> "_GaussianARCursor":
+        return _GaussianARCursor(self, rows, alphabet)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """ŷ ~ p position by position: ŷ_s = round(μ_s + σ_s ε) has exactly the binned
+        Gaussian's pmf. (n, S)."""
+        weight = self.net[0].weight
+        values = torch.zeros(n, self.size, dtype=weight.dtype, device=weight.device)
+        for s in range(self.size):
+            mean, scale = self.params(values)
+            eps = torch.randn(n, generator=generator, dtype=weight.dtype, device=weight.device)
+            values[:, s] = torch.round(mean[:, s] + scale[:, s] * eps)
+        return values
+
+
+class _GaussianARCursor:
+    """One code position per step, each conditioned on the positions decoded before it."""
+
+    def __init__(self, model: AutoregressiveGaussianEntropy, rows: int,
+                 alphabet: Tensor) -> None:
+        self._model = model
+        dtype = model.net[0].weight.dtype
+        self._values = torch.zeros(rows, model.size, dtype=dtype)
+        self._alphabet = alphabet.to(dtype).view(1, 1, -1)
+        self.steps = tuple(torch.tensor([s]) for s in range(model.size))
+        self._s = 0
+
+    def log_pmf(self) -> Tensor:
+        mean, scale = self._model.params(self._values)
+        s = slice(self._s, self._s + 1)
+        return _log_gaussian_bin(self._alphabet, mean[:, s, None], scale[:, s, None])
+
+    def advance(self, values: Tensor) -> None:
+        self._values[:, self._s] = values[:, 0].to(self._values.dtype)
+        self._s += 1
+
 
 class HyperpriorEntropy(nn.Module):
     r"""The scale hyperprior: ẑ = round(h_a(y)) coded by a factorized model, then
@@ -260,6 +355,14 @@ class HyperpriorEntropy(nn.Module):
 
     def coding_cursor(self, rows: int, alphabet: Tensor) -> "_HyperCursor":
         return _HyperCursor(self, rows, alphabet)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """ẑ from its factorized model, then ŷ = round(σ(ẑ) ε), (n, S)."""
+        scale = self.scales(self.hyper.sample(n, generator))
+        eps = torch.randn(scale.shape, generator=generator, dtype=scale.dtype,
+                          device=scale.device)
+        return torch.round(scale * eps)
 
 
 class _HyperCursor:
