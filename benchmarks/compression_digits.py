@@ -256,7 +256,7 @@ CODECS = {
                         "GDN convolutions to 8 x 2 x 2 latents, rounding, learned CDFs"),
 }
 LAMBDAS = (1.0, 3.0, 10.0, 30.0)
-PIXEL_STEPS = (3, 4, 6, 8)  # the pixel codec's bin widths (its rate knob)
+PIXEL_BINS = ("3", "4", "6", "8")  # the pixel codec's bin widths (its rate knob), or edges
 BOOK_LAMBDA = 2.77  # the book's β = 1 on nats per code position, in our bits per pixel
 
 
@@ -358,28 +358,29 @@ def image_codec_row(name: str, weight: float, seed: int, epochs: int,
     return row
 
 
-def pixel_codec_row(step: int, seed: int, data, reuse: bool = False) -> dict[str, Any]:
-    """configs/pixel_codec_digits.yaml at bin width ``step``: its real rate and distortion on
-    the test split (and validation)."""
+def pixel_codec_row(bins: str, seed: int, data, reuse: bool = False) -> dict[str, Any]:
+    """configs/pixel_codec_digits.yaml with bins ``bins``: a step Δ ("4") or the lowest levels
+    of the bins after the first ("1,9"); its real rate and distortion on the test split."""
     from dgm.eval.compression import evaluate_codec
 
-    run_dir = RUNS / f"pixel_codec-{step}-{seed}"
-    overrides = [f"train.seed={seed}", f"model.step={step}"]
+    edges = "," in bins
+    tag = bins.replace(",", "-")
+    run_dir = RUNS / f"pixel_codec-{tag}-{seed}"
+    overrides = [f"train.seed={seed}",
+                 f"model.edges=[{bins}]" if edges else f"model.step={bins}"]
     error = _trained(run_dir, "pixel_codec_digits", overrides, reuse)
-    row: dict[str, Any] = {"part": "lossy", "model": f"pixel_codec_{step}",
-                           "setting": "pixel_codec", "step": step, "seed": seed,
-                           "overrides": overrides, "error": error,
-                           "what": "bins of Δ levels per pixel coded under a gated PixelCNN, a "
+    row: dict[str, Any] = {"part": "lossy", "model": f"pixel_codec_{tag}",
+                           "setting": "pixel_codec", "seed": seed, "overrides": overrides,
+                           "bins": f"edges {bins}" if edges else f"Δ = {bins}", "error": error,
+                           "what": "bins of levels per pixel coded under a gated PixelCNN, a "
                                    "convolutional dequantizer (configs/pixel_codec_digits.yaml)"}
     if error is None:
         run = open_run(run_dir)
         model = run.load_model("cpu")
         rd = evaluate_codec(model, data.split("test"))
-        val = evaluate_codec(model, data.split("val"), split_name="val")
         row.update({"kind": "codec", "bpp": rd.bits_per_pixel,
                     "bpp_with_header": rd.bits_per_pixel_with_header,
                     "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
-                    "val_bpp": val.bits_per_pixel, "val_mse": val.mse,
                     "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
                     "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
                     "num_parameters": model.num_parameters()})
@@ -410,13 +411,20 @@ def plot_rd() -> Path:
             continue
         style = {"marker": "*", "markersize": 12, "ls": "none"} if setting.startswith(
             "book") else {"marker": "o"}
+        if setting == "pixel_codec":  # bins of several shapes: its envelope, every point
+            line = ax.plot([r["bpp"] for r in lower_envelope(mine)],
+                           [r["psnr"] for r in lower_envelope(mine)],
+                           label="pixel_codec (Δ = 9 ... 3; edges 1,9)", marker="o")[0]
+            ax.plot([r["bpp"] for r in mine], [r["psnr"] for r in mine], ls="none", marker="o",
+                    mfc="none", color=line.get_color())
+            continue
         ax.plot([r["bpp"] for r in mine], [r["psnr"] for r in mine], label=setting, **style)
     ax.set_xlim(0, 2.0)
     ax.set_xlabel("bits per pixel (real file, header apart)")
     ax.set_ylabel("PSNR of the decoded test digits, dB (MAX = 16)")
-    ax.set_title("Rate-distortion on the 447 test digits (λ sweeps)")
+    ax.set_title("Rate-distortion on the 447 test digits (λ and Δ sweeps)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     out = RESULTS / "compression_rd.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -497,6 +505,7 @@ def plot_image_reconstructions(name: str, seed: int = 0, count: int = 8) -> Path
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(top=1 - 0.35 / len(lines), wspace=0.05, hspace=0.08)
     fig.suptitle(f"{name}: decoded test images at matched rates (rate and PSNR over the whole "
                  "test split, header apart)", fontsize=9)
     out = RESULTS / f"compression_recon_{name}.png"
@@ -535,7 +544,8 @@ def main() -> None:
                     "classical coders)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lambdas", type=float, nargs="+", help="λ of the lossy rows")
-    ap.add_argument("--steps", type=int, nargs="+", help="Δ of the pixel codec's rows")
+    ap.add_argument("--bins", nargs="+", help="the pixel codec's rows: a step Δ (4) or bin "
+                    "edges (1,9)")
     ap.add_argument("--reuse", action="store_true", help="keep runs already trained")
     ap.add_argument("--plot-only", action="store_true", help="redraw compression_rd.png")
     args = ap.parse_args()
@@ -565,8 +575,8 @@ def main() -> None:
             for weight in args.lambdas or weights:
                 save([codec_row(setting, weight, args.seed, data, args.reuse)], started)
         if not chosen or "pixel_codec" in chosen:
-            for step in args.steps or PIXEL_STEPS:
-                save([pixel_codec_row(step, args.seed, data, args.reuse)], started)
+            for bins in args.bins or PIXEL_BINS:
+                save([pixel_codec_row(bins, args.seed, data, args.reuse)], started)
     if "mnist" in args.parts:
         save(mnist_rows(args.mnist_epochs, args.seed, args.reuse), started)
     if "mnist8" in args.parts:

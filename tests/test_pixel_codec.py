@@ -37,6 +37,18 @@ def test_the_bins_cut_the_levels_into_steps(step, bins):
     assert int(codec.high[-1]) == 16 and int(codec.low[-1]) == step * (bins - 1)
 
 
+def test_bins_of_unequal_widths():
+    codec = build_model("pixel_codec", SPEC, {"edges": [1, 9], "entropy_model": {
+        "name": "categorical_mixture", "num_components": 2}})
+    assert codec.num_bins == 3
+    levels = torch.arange(17).view(1, 1, 1, 17)
+    assert codec.quantize(levels).flatten().tolist() == [0] + [1] * 8 + [2] * 8
+    assert codec.low.tolist() == [0, 1, 9] and codec.high.tolist() == [0, 8, 16]
+    x = _digits(20)
+    assert torch.equal(codec.quantize(codec.reconstruct(x)), codec.quantize(x))
+    assert torch.equal(codec.reconstruct(x)[x == 0], x[x == 0])  # a one-level bin is exact
+
+
 @pytest.mark.parametrize("step", [2, 4, 6])
 def test_every_decoded_pixel_stays_inside_its_bin(step):
     codec = _codec(step)
@@ -108,6 +120,9 @@ def test_samples_are_dequantized_bins():
     ({"step": 0}, "step"),
     ({"entropy_model": {"name": "vae"}}, "conditionals"),
     ({"entropy_model": {}}, "name"),
+    ({"edges": [4, 4]}, "increasing"),
+    ({"edges": [0, 4]}, "increasing"),
+    ({"edges": [4, 17]}, "beyond"),
 ])
 def test_configs_that_do_not_fit_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -3,7 +3,7 @@ levels, the bin indices coded losslessly under any exact autoregressive model of
 PixelCNN by default), and a learned dequantizer that puts every pixel back inside its bin
 from the bins around it.
 
-    b = ⌊x / Δ⌋,   rate = -log₂ p_θ(b) (the ARM's exact likelihood of the bins, Book §3.2),
+    b = ⌊x / Δ⌋ (or bins of unequal widths),   rate = -log₂ p_θ(b) (the ARM's exact likelihood of the bins, Book §3.2),
     x̂ = lo(b) + (hi(b) - lo(b)) · σ(g_φ(b)),   distortion = ‖x - x̂‖² / D
 
 The rate and the distortion have no parameters in common, so each is minimized on its own: Δ
@@ -41,6 +41,8 @@ class PixelCodecConfig:
 
     Args:
         step: Δ, the width of a bin in the data's levels (Δ = 1 is lossless coding).
+        edges: bins of unequal widths instead: the lowest level of every bin but the first,
+            increasing (``[1, 9]`` on 17 levels: {0}, {1..8}, {9..16}).
         entropy_model: the bins' model, with its ``name``: any registered model with exact
             per-coordinate conditionals (pixelcnn, arm, transformer, categorical_mixture, ...).
         hidden: channels of the dequantizer g_φ (3x3 convolutions on images, an MLP otherwise).
@@ -50,6 +52,7 @@ class PixelCodecConfig:
     """
 
     step: int = 4
+    edges: list[int] | None = None
     entropy_model: dict[str, Any] = field(default_factory=lambda: {"name": "pixelcnn"})
     hidden: int = 32
     num_layers: int = 2
@@ -58,6 +61,9 @@ class PixelCodecConfig:
     def __post_init__(self) -> None:
         if self.step < 1:
             raise ConfigError(f"step must be >= 1, got {self.step}")
+        if self.edges is not None and (not self.edges or self.edges[0] < 1 or any(
+                b <= a for a, b in zip(self.edges, self.edges[1:]))):
+            raise ConfigError(f"edges must be increasing levels >= 1, got {self.edges}")
         if not isinstance(self.entropy_model, dict) or not self.entropy_model.get("name"):
             raise ConfigError("model.entropy_model needs a model name, e.g. "
                               "entropy_model: {name: pixelcnn}")
@@ -85,19 +91,27 @@ class PixelCodec(GenerativeModel):
         self.config = config = config or PixelCodecConfig()
         levels = int(spec.num_levels or 2)
         self.top = levels - 1
-        self.num_bins = -(-levels // config.step)
-        if self.num_bins < 2:
-            raise ConfigError(f"a step of {config.step} puts all {levels} levels in one bin")
+        if config.edges is None:
+            low = torch.arange(0, levels, config.step)
+            if len(low) < 2:
+                raise ConfigError(f"a step of {config.step} puts all {levels} levels in one bin")
+        else:
+            if config.edges[-1] > self.top:
+                raise ConfigError(f"edges {config.edges} go beyond the top level {self.top}")
+            low = torch.tensor([0, *config.edges])
+        self.num_bins = len(low)
+        # the bin of every level, and every bin's lowest and highest level
+        self.register_buffer("bin_of", torch.bucketize(torch.arange(levels), low, right=True) - 1,
+                             persistent=False)
+        self.register_buffer("low", low.float(), persistent=False)
+        self.register_buffer("high", (torch.cat([low[1:], torch.tensor([levels])]) - 1).float(),
+                             persistent=False)
         options = {k: v for k, v in config.entropy_model.items() if k != "name"}
         bin_spec = DataSpec(spec.event_shape, DataKind.DISCRETE, num_levels=self.num_bins)
         self.bins = build_model(config.entropy_model["name"], bin_spec, **options)
         if not isinstance(self.bins, SequentialCoding):
             raise ConfigError(f"{config.entropy_model['name']} has no exact per-coordinate "
                               "conditionals to code the bins with")
-        low = torch.arange(self.num_bins) * config.step
-        self.register_buffer("low", low.float(), persistent=False)
-        self.register_buffer("high", (low + config.step - 1).clamp_max(self.top).float(),
-                             persistent=False)
         b, h = self.num_bins, config.hidden
         if spec.is_image and spec.event_shape[0] != 1:
             raise ConfigError("the pixel codec's dequantizer takes one-channel images")
@@ -113,8 +127,8 @@ class PixelCodec(GenerativeModel):
             self.dequantizer = mlp(spec.dim * b, h, spec.dim, num_hidden=config.num_layers)
 
     def quantize(self, x: Tensor) -> Tensor:
-        """The bins b = ⌊x / Δ⌋, the data's shape, long."""
-        return torch.div(x.long(), self.config.step, rounding_mode="floor")
+        """The bins b = ⌊x / Δ⌋ (or by the edges), the data's shape, long."""
+        return self.bin_of[x.long()]
 
     def dequantize(self, bins: Tensor) -> Tensor:
         """x̂ inside each pixel's bin from the bins around it, unrounded, (N, *event)."""
