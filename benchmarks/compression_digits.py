@@ -505,9 +505,10 @@ def plot_image_reconstructions(name: str, seed: int = 0, count: int = 8) -> Path
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.subplots_adjust(top=1 - 0.35 / len(lines), wspace=0.05, hspace=0.08)
+    height = len(lines) * 0.82  # inches: room at the top for the title
+    fig.subplots_adjust(top=1 - 0.5 / height, wspace=0.05, hspace=0.08)
     fig.suptitle(f"{name}: decoded test images at matched rates (rate and PSNR over the whole "
-                 "test split, header apart)", fontsize=9)
+                 "test split, header apart)", fontsize=9, y=1 - 0.1 / height, va="top")
     out = RESULTS / f"compression_recon_{name}.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
