@@ -293,6 +293,17 @@ def pca_rows(data) -> list[dict[str, Any]]:
     return rows
 
 
+def _codec_fields(run, model, rd) -> dict[str, Any]:
+    """A codec row's figures: the real file's rates, the decoded distortion, throughput and
+    the run's training cost."""
+    return {"kind": "codec", "bpp": rd.bits_per_pixel,
+            "bpp_with_header": rd.bits_per_pixel_with_header,
+            "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
+            "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
+            "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
+            "num_parameters": model.num_parameters()}
+
+
 def codec_row(setting: str, weight: float, seed: int, data,
               reuse: bool = False) -> dict[str, Any]:
     from dgm.eval.compression import evaluate_codec
@@ -310,13 +321,8 @@ def codec_row(setting: str, weight: float, seed: int, data,
         model = run.load_model("cpu")
         rd = evaluate_codec(model, data.split("test"))
         val = evaluate_codec(model, data.split("val"), split_name="val")
-        row.update({"kind": "codec", "bpp": rd.bits_per_pixel,
-                    "bpp_with_header": rd.bits_per_pixel_with_header,
-                    "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
-                    "val_bpp": val.bits_per_pixel, "val_mse": val.mse,
-                    "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
-                    "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
-                    "num_parameters": model.num_parameters()})
+        row.update(_codec_fields(run, model, rd), val_bpp=val.bits_per_pixel,
+                   val_mse=val.mse)
     print(json.dumps(row), flush=True)
     return row
 
@@ -347,13 +353,8 @@ def image_codec_row(name: str, weight: float, seed: int, epochs: int,
         test = load(name).split("test")
         rd = evaluate_codec(model, test)
         alone = [compress(model, test.x[i:i + 1])[1].file_bits for i in range(200)]
-        row.update({"kind": "codec", "n": rd.n, "bpp": rd.bits_per_pixel,
-                    "bpp_with_header": rd.bits_per_pixel_with_header,
-                    "bpp_file": float(np.mean(alone)) / test.x[0].numel(),
-                    "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
-                    "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
-                    "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
-                    "num_parameters": model.num_parameters()})
+        row.update(_codec_fields(run, model, rd), n=rd.n,
+                   bpp_file=float(np.mean(alone)) / test.x[0].numel())
     print(json.dumps(row), flush=True)
     return row
 
@@ -378,12 +379,7 @@ def pixel_codec_row(bins: str, seed: int, data, reuse: bool = False) -> dict[str
         run = open_run(run_dir)
         model = run.load_model("cpu")
         rd = evaluate_codec(model, data.split("test"))
-        row.update({"kind": "codec", "bpp": rd.bits_per_pixel,
-                    "bpp_with_header": rd.bits_per_pixel_with_header,
-                    "model_bpp": rd.model_bits_per_pixel, "mse": rd.mse, "psnr": rd.psnr,
-                    "encode_per_s": rd.encode_per_s, "decode_per_s": rd.decode_per_s,
-                    "cpu_s": run.info.get("cpu_s"), "epochs": run.info.get("epochs_completed"),
-                    "num_parameters": model.num_parameters()})
+        row.update(_codec_fields(run, model, rd))
     print(json.dumps(row), flush=True)
     return row
 
